@@ -1,0 +1,22 @@
+"""Pre-norm Transformer with RMSNorm at every site (the LLaMA recipe's norm).
+
+Usage: ``normfree-bench train --baseline rmsnorm``
+
+Paper: Zhang & Sennrich 2019, "Root Mean Square Layer Normalization",
+https://arxiv.org/abs/1910.07467. ``y = gamma * x / sqrt(mean(x^2) + eps)``: no mean subtraction and
+no beta. eps = 1e-6 as HF ``LlamaRMSNorm`` (the DyT efficiency benchmark's baseline); ``torch.nn.RMSNorm``.
+"""
+
+from torch import nn
+
+from normfree_bench import Baseline, register_baseline
+
+
+@register_baseline
+class RMSNorm(Baseline):
+    name = "rmsnorm"
+    description = "pre-norm Transformer with RMSNorm at the attention, MLP and final sites"
+    paper = "https://arxiv.org/abs/1910.07467"
+
+    def norm(self, dim: int, site: str, layer_idx: int, n_layers: int) -> nn.Module:
+        return nn.RMSNorm(dim, eps=1e-6)

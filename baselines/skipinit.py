@@ -1,0 +1,46 @@
+"""SkipInit: no normalization; a learnable scalar gain at the end of every residual branch, init 0.
+
+Usage: ``normfree-bench train --baseline skipinit``
+
+Paper: De & Smith, "Batch Normalization Biases Residual Blocks Towards the Identity Function in Deep
+Networks", NeurIPS 2020, https://arxiv.org/abs/2002.10444; reference code by the same group:
+``google-deepmind/deepmind-research:nfnets/skipinit_resnet.py``
+(``out * get_parameter('skip_gain', (), init=zeros) + shortcut``).
+
+Choices:
+- One scalar gain per *branch* (attention and MLP separately), unlike ReZero's one per layer.
+  ``gain_init`` may be set to a small constant (the paper allows <~ 1/sqrt(depth)); default 0.
+- No norm at any site, including the final one (the reference network has no normalization).
+- The head is zero-initialised, as the reference ResNet's classifier (``fc_init=jnp.zeros``).
+"""
+
+import torch
+from torch import nn
+
+from normfree_bench import Baseline, register_baseline
+from normfree_bench.invariants import branches_are_silent
+from normfree_bench.layers import GatedResidual, Residual
+
+
+@register_baseline
+class SkipInit(Baseline):
+    name = "skipinit"
+    description = "no norms; x + g*F(x) with a scalar gain per branch, init 0"
+    paper = "https://arxiv.org/abs/2002.10444"
+    norm_free = True
+    hparams = {"gain_init": 0.0, "zero_head": True}
+
+    def norm(self, dim: int, site: str, layer_idx: int, n_layers: int) -> nn.Module:
+        return nn.Identity()
+
+    def residual(self, dim: int, branch: str, layer_idx: int, n_layers: int) -> Residual:
+        return GatedResidual(nn.Parameter(torch.full((1,), float(self.hp["gain_init"]))))
+
+    def init_(self, model) -> None:
+        if self.hp["zero_head"]:
+            nn.init.zeros_(model.head.weight)
+            if model.head.bias is not None:
+                nn.init.zeros_(model.head.bias)
+
+    def check_init(self, model, batch):
+        return branches_are_silent(model, batch) if self.hp["gain_init"] == 0 else []

@@ -1,0 +1,346 @@
+"""Typed, validated configuration: dataclasses loaded from YAML with strict keys and types.
+
+Usage: ``cfg = load_config("configs/smoke.yaml", overrides={"train": {"lr": 1e-3}})``
+
+Every section is a frozen dataclass. Unknown keys, wrong types and out-of-range values raise
+`UserError` naming the key and what is valid, so the CLI can exit with code 2 and one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from normfree_bench.errors import UserError
+
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    # GPT-2-like: GELU MLP, learned absolute positions, linear biases.
+    "gpt2": {"mlp": "gelu", "positions": "learned", "bias": True},
+    # The DyT paper's LM recipe (LLaMA): SwiGLU, rotary positions, no biases.
+    "llama": {"mlp": "swiglu", "positions": "rope", "bias": False},
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The one Transformer's shape and flavour; identical for every baseline in a comparison."""
+
+    vocab_size: int = 256
+    d_model: int = 64
+    n_layers: int = 4
+    n_heads: int = 4
+    context_length: int = 128
+    mlp: Literal["gelu", "swiglu"] = "gelu"
+    mlp_ratio: float = 4.0
+    positions: Literal["learned", "rope", "none"] = "learned"
+    bias: bool = True
+    task: Literal["lm", "vit"] = "lm"
+    # ViT head only (task: vit).
+    image_size: int = 8
+    patch_size: int = 2
+    in_chans: int = 1
+    num_classes: int = 10
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "context_length", "image_size",
+                     "patch_size", "in_chans", "num_classes"):
+            if getattr(self, name) < 1:
+                raise UserError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.d_model % self.n_heads:
+            raise UserError(
+                f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})")
+        if self.positions == "rope" and (self.d_model // self.n_heads) % 2:
+            raise UserError("model.positions 'rope' needs an even head size (d_model / n_heads)")
+        if self.mlp_ratio <= 0:
+            raise UserError(f"model.mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if self.task == "vit" and self.image_size % self.patch_size:
+            raise UserError("model.image_size must be divisible by model.patch_size")
+
+    @classmethod
+    def from_preset(cls, preset: str = "gpt2", **overrides: Any) -> ModelConfig:
+        """``ModelConfig.from_preset("llama", d_model=128)``: a preset's flavour plus overrides."""
+        if preset not in MODEL_PRESETS:
+            raise UserError(_unknown(preset, MODEL_PRESETS, "model preset"))
+        return cls(**{**MODEL_PRESETS[preset], **overrides})
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def hidden_dim(self) -> int:
+        return int(self.mlp_ratio * self.d_model)
+
+    @property
+    def n_tokens(self) -> int:
+        """Sequence length the blocks see: the context for the LM, the patch count for the ViT."""
+        if self.task == "vit":
+            return (self.image_size // self.patch_size) ** 2
+        return self.context_length
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the text comes from and how it is batched."""
+
+    corpus: str = "stdlib"  # "stdlib" (the running Python's standard library) or a local file/folder
+    batch_size: int = 16
+    val_windows: int = 64  # fixed, seeded validation windows
+    val_seed: int = 1234
+    val_fraction: float = 0.1  # share of files held out for validation
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise UserError(f"data.batch_size must be >= 1, got {self.batch_size}")
+        if self.val_windows < 1:
+            raise UserError(f"data.val_windows must be >= 1, got {self.val_windows}")
+        if not 0 < self.val_fraction < 1:
+            raise UserError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        if not self.corpus:
+            raise UserError("data.corpus is empty; valid: 'stdlib' or a path to a text file or folder")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimizer, schedule and loop settings shared by every baseline."""
+
+    steps: int = 300
+    lr: float = 3e-3
+    warmup_steps: int = 30
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 disables clipping
+    eval_interval: int = 50
+    log_interval: int = 10  # train-loss points kept for the curves
+    seed: int = 0
+    precision: str = "auto"  # auto: bf16-mixed on CUDA, 32-true on CPU
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise UserError(f"train.steps must be >= 1, got {self.steps}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UserError(f"train.lr must be a finite number > 0, got {self.lr}")
+        if not 0 <= self.warmup_steps <= self.steps:
+            raise UserError(f"train.warmup_steps must be in [0, steps={self.steps}], got {self.warmup_steps}")
+        if self.eval_interval < 1 or self.log_interval < 1:
+            raise UserError("train.eval_interval and train.log_interval must be >= 1")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise UserError("train.weight_decay and train.grad_clip must be >= 0")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise UserError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        valid_precisions = ("auto", "32-true", "bf16-mixed", "bf16-true", "16-mixed", "64-true")
+        if self.precision not in valid_precisions:
+            raise UserError(_unknown(self.precision, valid_precisions, "train.precision"))
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    """The divergence guard (see normfree_bench.guard)."""
+
+    margin: float = 1.0  # a loss above l0 + margin is "high"
+    patience: int = 50  # steps a loss must stay high before the run is called diverged
+
+    def __post_init__(self) -> None:
+        if self.margin < 0:
+            raise UserError(f"guard.margin must be >= 0, got {self.margin}")
+        if self.patience < 1:
+            raise UserError(f"guard.patience must be >= 1, got {self.patience}")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """The learning-rate grid (log-spaced, inclusive), seeds, baselines and optional extra axes."""
+
+    lr_min: float = 1e-4
+    lr_max: float = 1e-1
+    n_lrs: int = 7
+    lrs: list[float] = field(default_factory=list)  # explicit grid; overrides lr_min/lr_max/n_lrs
+    seeds: int = 1  # seeds 0 .. seeds-1
+    baselines: list[str] = field(default_factory=list)  # empty: every registered baseline
+    # Extra grid axes, "model.<field>" or "<baseline>.<hparam>": e.g. {"dyt.alpha_init": [0.5, 1.0]}.
+    axes: dict[str, list[Any]] = field(default_factory=dict)
+    basin_tol: float = 0.05  # nats: the LR basin is the band within this of the best loss
+    target_loss: float | None = None  # steps_to_target's target; None: layernorm's median best loss
+
+    def __post_init__(self) -> None:
+        grid = self.lrs or [self.lr_min, self.lr_max]
+        if any(not (lr > 0 and math.isfinite(lr)) for lr in grid):
+            raise UserError(f"sweep learning rates must be finite numbers > 0, got {grid}")
+        if not self.lrs:
+            if self.lr_max < self.lr_min:
+                raise UserError(f"sweep.lr_max ({self.lr_max:g}) is below sweep.lr_min ({self.lr_min:g})")
+            if self.n_lrs < 1:
+                raise UserError(f"sweep.n_lrs must be >= 1, got {self.n_lrs}; the grid would be empty")
+        if self.seeds < 1:
+            raise UserError(f"sweep.seeds must be >= 1, got {self.seeds}")
+        for name, values in self.axes.items():
+            if not isinstance(values, list) or not values:
+                raise UserError(f"sweep.axes.{name} must be a non-empty list of values")
+
+    def lr_grid(self) -> list[float]:
+        """The grid, ascending: explicit ``lrs`` or ``n_lrs`` log-spaced points in [lr_min, lr_max]."""
+        if self.lrs:
+            return sorted(float(lr) for lr in self.lrs)
+        if self.n_lrs == 1:
+            return [self.lr_min]
+        lo, hi = math.log10(self.lr_min), math.log10(self.lr_max)
+        return [float(f"{10 ** (lo + i * (hi - lo) / (self.n_lrs - 1)):.6g}") for i in range(self.n_lrs)]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run: model, data, training, guard, and which baseline with which hyperparameters."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
+    baseline: str = "layernorm"
+    # Per-baseline hyperparameter overrides, e.g. {"dyt": {"alpha_init": 0.5}}.
+    hparams: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def config_hash(self) -> str:
+        return config_hash(self.to_dict())
+
+    def baseline_hparams(self, name: str | None = None) -> dict[str, Any]:
+        return dict(self.hparams.get(name or self.baseline, {}))
+
+
+def config_hash(data: dict[str, Any]) -> str:
+    """A stable 12-hex-digit hash of a config dictionary."""
+    blob = json.dumps(data, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def _unknown(value: object, valid: typing.Iterable[str], what: str) -> str:
+    return f"invalid {what} {value!r}; valid: {', '.join(map(str, valid))}"
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against annotation `tp`, converting ints to floats and lists to tuples."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise UserError(_unknown(value, typing.get_args(tp), where))
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], where)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{where} must be a mapping, got {type(value).__name__}")
+        return {str(k): v for k, v in value.items()}
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{where} must be a list, got {type(value).__name__}")
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        items = [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if tp is Any:
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{where} must be a number, got {value!r} ({type(value).__name__})")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{where} must be an integer, got {value!r} ({type(value).__name__})")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{where} must be true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise UserError(f"{where} must be a string, got {value!r} ({type(value).__name__})")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return build_dataclass(tp, value, where)
+    return value
+
+
+def build_dataclass(cls: type, data: Any, where: str) -> Any:
+    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{where} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    data = dict(data)
+    if cls is ModelConfig and "preset" in data:
+        preset = data.pop("preset")
+        if preset not in MODEL_PRESETS:
+            raise UserError(_unknown(preset, MODEL_PRESETS, f"{where}.preset"))
+        data = {**MODEL_PRESETS[preset], **data}
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        extra = " (and 'preset')" if cls is ModelConfig else ""
+        raise UserError(f"unknown config key '{where}.{unknown[0]}'; valid keys: {', '.join(names)}{extra}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # pragma: no cover - guarded by the checks above
+        raise UserError(f"{where}: {exc}") from exc
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, turning I/O and syntax errors into one-line `UserError`s."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise UserError(f"malformed YAML in {path}{at}: {problem}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path} must hold a YAML mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge `overrides` into a copy of `base`."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_run_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Defaults, then the YAML file at ``path``, then ``overrides``, validated into a `RunConfig`."""
+    data = read_yaml(path) if path is not None else {}
+    return build_dataclass(RunConfig, merge(data, overrides or {}), "config")

@@ -1,0 +1,97 @@
+"""Small building blocks that baselines hand to the model: residual combines, point-wise norms, scalars.
+
+Usage: ``res = GatedResidual(nn.Parameter(torch.zeros(1)))``; ``y = res.combine(x, branch(res.branch_input(x)))``
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+Site = str  # one of SITES
+SITES: tuple[Site, ...] = ("attn", "mlp", "final")
+BRANCHES: tuple[Site, ...] = ("attn", "mlp")
+
+
+class Residual(nn.Module):
+    """The standard residual: the branch sees ``x`` and the block returns ``x + y``."""
+
+    def branch_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def combine(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return x + y
+
+
+class GatedResidual(Residual):
+    """``x + gain * y`` with a learnable gain; the same Parameter may be shared by several branches."""
+
+    def __init__(self, gain: nn.Parameter) -> None:
+        super().__init__()
+        self.gain = gain
+
+    def combine(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return x + self.gain * y
+
+
+class Scale(nn.Module):
+    """Multiply by a scalar: learnable (a Parameter) or fixed (a buffer)."""
+
+    def __init__(self, value: float, learnable: bool = True) -> None:
+        super().__init__()
+        tensor = torch.full((1,), float(value))
+        if learnable:
+            self.scale = nn.Parameter(tensor)
+        else:
+            self.register_buffer("scale", tensor)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
+
+    def extra_repr(self) -> str:
+        return f"value={self.scale.item():.4g}, learnable={isinstance(self.scale, nn.Parameter)}"
+
+
+class Shift(nn.Module):
+    """Add a learnable scalar bias (Fixup's scalar biases), initialised to ``value``."""
+
+    def __init__(self, value: float = 0.0) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.full((1,), float(value)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.bias
+
+
+class PointwiseNorm(nn.Module):
+    """``gamma * f(alpha * x) + beta`` with a scalar alpha: DyT (f = tanh) and its relatives.
+
+    Computed in fp32 and cast back, for parity with RMSNorm's fp32 upcast under autocast.
+    """
+
+    def __init__(self, dim: int, fn: nn.Module, alpha_init: float, bias: bool = True) -> None:
+        super().__init__()
+        self.fn = fn
+        self.alpha = nn.Parameter(torch.full((1,), float(alpha_init)))
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fn(self.alpha.float() * x.float()) * self.weight.float()
+        if self.bias is not None:
+            y = y + self.bias.float()
+        return y.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"alpha_init={self.alpha.item():.4g}, bias={self.bias is not None}"
+
+
+def make_norm(kind: str, dim: int, bias: bool, eps: float = 1e-5) -> nn.Module:
+    """``make_norm("layernorm" | "rmsnorm" | "none", dim, bias)``: the standard norm modules."""
+    if kind == "layernorm":
+        return nn.LayerNorm(dim, eps=eps, bias=bias)
+    if kind == "rmsnorm":
+        return nn.RMSNorm(dim, eps=eps)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm kind {kind!r}; valid: layernorm, rmsnorm, none")
