@@ -2,6 +2,8 @@
 
 Usage::
 
+    normfree-bench run --suite smoke               # the LR sweep of every baseline, then the leaderboard
+    normfree-bench leaderboard runs/smoke --format latex
     normfree-bench train --baseline dyt --steps 300 --lr 3e-3 --out runs/dyt
     normfree-bench baselines list
     normfree-bench baselines check dyt            # or a plugin file: baselines check my_norm.py
@@ -118,6 +120,68 @@ def cmd_baselines_check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from normfree_bench.config import load_run_config, merge
+
+    _load_plugins(args.plugin)
+    path = args.config or (_suite_path(args.suite) if args.suite else _suite_path("default"))
+    overrides: dict[str, Any] = {}
+    if args.baselines:
+        overrides["sweep"] = {"baselines": [b.strip() for b in args.baselines.split(",") if b.strip()]}
+    if args.device:
+        overrides = merge(overrides, {"train": {"device": args.device}})
+    cfg = load_run_config(path, overrides)
+    out = Path(args.out or f"runs/{Path(path).stem}")
+    _check_writable(out)
+    from normfree_bench.leaderboard import render
+    from normfree_bench.results import run_axes, write_results
+    from normfree_bench.sweep import run_sweep
+
+    try:
+        record = run_sweep(cfg, out, storage_url=args.storage, force_new=args.force_new,
+                           progress=not args.no_progress)
+    except KeyboardInterrupt:
+        if (out / "config.yaml").is_file():
+            write_results(out)
+        print(f"interrupted; tables so far are in {out}; run the same command to resume", file=sys.stderr)
+        return 130
+    rows = write_results(out)
+    print(render(rows, "github", run_axes(record)))
+    print(f"\nresults in {out}/ (leaderboard.md, trials.csv, curves.csv, plots/)")
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from normfree_bench.leaderboard import render, sort_rows
+    from normfree_bench.results import collect, leaderboard_rows, read_run, run_axes
+
+    all_rows: list[dict[str, Any]] = []
+    axes: list[str] = []
+    for run_dir in args.run_dirs:
+        record = read_run(Path(run_dir))
+        axes += [a for a in run_axes(record) if a not in axes]
+        rows = leaderboard_rows(record, collect(record)[2])
+        if len(args.run_dirs) > 1:
+            rows = [{"run": Path(run_dir).name, **r} for r in rows]
+        all_rows += rows
+    print(render(sort_rows(all_rows, args.sort), args.format, axes))
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from normfree_bench.results import write_results
+
+    write_results(Path(args.run_dir))
+    print(f"plots written to {Path(args.run_dir) / 'plots'}")
+    return 0
+
+
+def _suite_path(name: str) -> Path:
+    from normfree_bench.suites import suite_path
+
+    return suite_path(name)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="normfree-bench", description="One Transformer, many normalization schemes.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -133,6 +197,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_common(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("run", help="run or resume the benchmark sweep, then print the leaderboard")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--suite", help="a suite in configs/ (smoke, default, gpu, depth); default: default")
+    src.add_argument("--config", help="a YAML config file")
+    p.add_argument("--baselines", help="comma-separated subset of baselines")
+    p.add_argument("--out", help="run directory (default runs/<suite>)")
+    p.add_argument("--storage", help="Optuna storage URL (default: sqlite study.db in the run directory)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--force-new", action="store_true", help="start a new study even if the config changed")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_common(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("leaderboard", help="print the leaderboard of one or more run directories")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--format", default="github", help="github, psql, latex, html, csv or json")
+    p.add_argument("--sort", help="sort by this column")
+    p.set_defaults(func=cmd_leaderboard)
+
+    p = sub.add_parser("plot", help="redraw a run directory's plots")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.set_defaults(func=cmd_plot)
 
     b = sub.add_parser("baselines", help="list or check baselines")
     bsub = b.add_subparsers(dest="action", required=True, parser_class=_Parser)

@@ -30,7 +30,7 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """JSON has no NaN or infinity: write them as null and the string "inf"."""
     if isinstance(value, float):
         if math.isnan(value):
@@ -38,14 +38,14 @@ def _jsonable(value: Any) -> Any:
         if math.isinf(value):
             return "inf" if value > 0 else "-inf"
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     return value
 
 
 def write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n")
+    atomic_write_text(path, json.dumps(jsonable(data), indent=2, sort_keys=False) + "\n")
 
 
 def write_yaml(path: Path, data: Any) -> None:

@@ -101,6 +101,7 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*Your `IterableDataset` has `__len__` defined.*")
     warnings.filterwarnings("ignore", message=".*Total length of .* across ranks is zero.*")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 def merge_curve(module: LitLM) -> list[dict[str, float]]:
