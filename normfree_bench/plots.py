@@ -44,6 +44,7 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 __all__ = [
     "DPI",
@@ -62,6 +63,8 @@ Cell = tuple[Any, ...]
 DPI = 120
 #: At most this many panels in ``loss_vs_lr.png`` (one per first-axis value).
 MAX_PANELS = 6
+#: Grids with at most this many LRs get one x tick per LR in ``loss_vs_lr.png``.
+_MAX_LR_TICKS = 8
 _REFERENCE = "layernorm"
 _DIVERGED_COLOR = "tab:red"
 
@@ -258,24 +261,45 @@ def _plot_loss_vs_lr(records: Sequence[Record], l0: float, axes: Sequence[str], 
                 means = [capped_mean(by_lr[lr], l0) for lr in lrs]
                 suffix = _cell_label(rest, cell)
                 label = f"{name} ({suffix})" if suffix else name
-                ax.plot(lrs, means, style, marker="o", ms=5, lw=1.8, color=colors[name],
-                        label=label if (name, cell) not in labelled else "_nolegend_", zorder=3)
+                ax.plot(
+                    lrs,
+                    means,
+                    style,
+                    marker="o",
+                    ms=5,
+                    lw=1.8,
+                    color=colors[name],
+                    label=label if (name, cell) not in labelled else "_nolegend_",
+                    zorder=3,
+                )
                 labelled.add((name, cell))
                 ok = [r for r in line_recs if not is_diverged(r)]
                 if ok:
-                    ax.scatter([float(r["lr"]) for r in ok], [capped_loss(r, l0) for r in ok], s=14,
-                               color=colors[name], alpha=0.35, linewidths=0, zorder=2)
+                    ax.scatter(
+                        [float(r["lr"]) for r in ok],
+                        [capped_loss(r, l0) for r in ok],
+                        s=14,
+                        color=colors[name],
+                        alpha=0.35,
+                        linewidths=0,
+                        zorder=2,
+                    )
                 bad = [float(r["lr"]) for r in line_recs if is_diverged(r)]
                 if bad:
-                    ax.scatter(bad, [l0] * len(bad), marker="x", s=55, color=_DIVERGED_COLOR, linewidths=1.8,
-                               zorder=4)
+                    ax.scatter(bad, [l0] * len(bad), marker="x", s=55, color=_DIVERGED_COLOR, linewidths=1.8, zorder=4)
             ax.axhline(l0, ls="--", lw=1.0, color="0.4", zorder=1)
             ax.set_xscale("log")
             ax.grid(True, which="major", alpha=0.3)
             if first is not None and value is not None:
                 ax.set_title(f"{first} = {_fmt_value(value)}", fontsize=10)
-        all_lrs = [float(r["lr"]) for r in records]
+        all_lrs = sorted({float(r["lr"]) for r in records})
         panels[0].set_xlim(*_lr_limits(all_lrs))
+        if len(all_lrs) <= _MAX_LR_TICKS:  # label the grid itself ("1e-03"), not decades
+            for ax in panels:
+                ax.set_xticks(
+                    all_lrs, [_fmt_lr(lr) for lr in all_lrs], fontsize=8, rotation=45 if len(all_lrs) > 5 else 0
+                )
+                ax.xaxis.set_minor_formatter(NullFormatter())
         panels[0].set_ylim(*_y_limits([capped_loss(r, l0) for r in records], l0))
         for i, ax in enumerate(panels):
             if i // ncols == nrows - 1 or i + ncols >= len(panels):
@@ -322,8 +346,9 @@ def _plot_curves(
         row = first_row[name]
         cell = tuple(row.get(a) for a in axes)
         best_lr = _as_float(row["best_lr"])
-        recs = [r for r in records
-                if _matches(r, name, axes, cell) and math.isclose(float(r["lr"]), best_lr, rel_tol=1e-9)]
+        recs = [
+            r for r in records if _matches(r, name, axes, cell) and math.isclose(float(r["lr"]), best_lr, rel_tol=1e-9)
+        ]
         recs = [r for r in recs if any(len(curve_series(r.get("curve", ()), k)[0]) for k in ("train_loss", "val_loss"))]
         if not recs:
             continue
@@ -347,18 +372,29 @@ def _plot_curves(
                 alpha = 1.0 if i == 0 else 0.45
                 steps, train = curve_series(rec.get("curve", ()), "train_loss")
                 if len(steps):
-                    ax.plot(steps, train, lw=0.8, color=colors[name], alpha=0.55 * alpha,
-                            label="train" if i == 0 else "_nolegend_")
+                    ax.plot(
+                        steps,
+                        train,
+                        lw=0.8,
+                        color=colors[name],
+                        alpha=0.55 * alpha,
+                    )
                     ys.extend(train.tolist())
                 steps, val = curve_series(rec.get("curve", ()), "val_loss")
                 if len(steps):
-                    ax.plot(steps, val, "-o", lw=1.6, ms=4, color="black", alpha=0.85 * alpha,
-                            label="val" if i == 0 else "_nolegend_")
+                    ax.plot(
+                        steps,
+                        val,
+                        "-o",
+                        lw=1.6,
+                        ms=4,
+                        color="black",
+                        alpha=0.85 * alpha,
+                    )
                     ys.extend(val.tolist())
-            ax.axhline(l0, ls="--", lw=0.9, color="0.5", label="l0")
+            ax.axhline(l0, ls="--", lw=0.9, color="0.5")
             ax.set_title(title, fontsize=9)
             ax.grid(True, alpha=0.3)
-            ax.legend(loc="upper right", fontsize=8, frameon=False)
         top = min(l0 * 1.5, max(ys)) if ys else l0
         lo, hi = _y_limits(ys, max(top, l0))
         panels[0].set_ylim(lo, hi)
@@ -367,7 +403,14 @@ def _plot_curves(
                 ax.set_xlabel("step")
             if i % ncols == 0:
                 ax.set_ylabel("loss")
-        fig.suptitle("Training curves at each baseline's best learning rate (first seed bold, others faint)")
+        handles = [
+            Line2D([], [], lw=0.8, color="0.45"),
+            Line2D([], [], ls="-", marker="o", lw=1.6, ms=4, color="black"),
+            Line2D([], [], ls="--", lw=0.9, color="0.5"),
+        ]
+        labels = ["train loss", "val loss", f"l0 = {l0:.3g}"]
+        fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=9, frameon=False)
+        fig.suptitle("Loss curves at each baseline's best learning rate (first seed bold, other seeds faint)")
         return _save(fig, out_dir / "curves_best_lr.png")
     finally:
         plt.close(fig)
@@ -408,24 +451,29 @@ def _plot_heatmap(records: Sequence[Record], l0: float, axes: Sequence[str], axi
     if vmin >= vmax:
         vmin = vmax - max(0.1, 0.05 * abs(vmax))
     norm = Normalize(vmin=vmin, vmax=vmax)
-    cmap = plt.get_cmap("viridis_r").copy()
-    cmap.set_bad("0.9")
+    cmap = plt.get_cmap("viridis_r").with_extremes(bad="0.9")
 
     n = len(panels_data)
     nrows, ncols = _grid(n, max_cols=2)
     max_lrs = max(len(p[1]) for p in panels_data)
     max_vals = max(len(p[2]) for p in panels_data)
-    fig = plt.figure(figsize=(ncols * (1.5 + 0.8 * max_lrs) + 1.4, nrows * (1.3 + 0.55 * max_vals) + 0.6),
-                     layout="constrained")
+    fig = plt.figure(
+        figsize=(ncols * (1.5 + 0.8 * max_lrs) + 1.4, nrows * (1.3 + 0.55 * max_vals) + 0.6), layout="constrained"
+    )
     try:
         panels = []
         for k, (title, lrs, vals, means, all_div) in enumerate(panels_data):
             ax = fig.add_subplot(nrows, ncols, k + 1)
             panels.append(ax)
-            image = ax.imshow(np.ma.masked_invalid(means), cmap=cmap, norm=norm, aspect="auto", origin="lower",
-                              interpolation="nearest")
-            ax.set_xticks(range(len(lrs)), [_fmt_lr(lr) for lr in lrs], rotation=45 if len(lrs) > 5 else 0,
-                          fontsize=8)
+            image = ax.imshow(
+                np.ma.masked_invalid(means),
+                cmap=cmap,
+                norm=norm,
+                aspect="auto",
+                origin="lower",
+                interpolation="nearest",
+            )
+            ax.set_xticks(range(len(lrs)), [_fmt_lr(lr) for lr in lrs], rotation=45 if len(lrs) > 5 else 0, fontsize=8)
             ax.set_yticks(range(len(vals)), [_fmt_value(v) for v in vals], fontsize=8)
             ax.set_xlabel("learning rate")
             ax.set_ylabel(axis)
@@ -446,7 +494,7 @@ def _plot_heatmap(records: Sequence[Record], l0: float, axes: Sequence[str], axi
         plt.close(fig)
 
 
-def _plot_sensitivity(rows: Sequence[Record], axes: Sequence[str], out_dir: Path) -> Path | None:
+def _plot_sensitivity(rows: Sequence[Record], axes: Sequence[str], order: Sequence[str], out_dir: Path) -> Path | None:
     items: list[tuple[str, str, float]] = []  # (baseline, label, value)
     for row in rows:
         value = _as_float(row.get("lr_sensitivity"))
@@ -458,7 +506,7 @@ def _plot_sensitivity(rows: Sequence[Record], axes: Sequence[str], out_dir: Path
     if not items:
         return None
     items.sort(key=lambda it: it[2], reverse=True)  # least sensitive ends up on top
-    colors = _colors(_baseline_order({"baseline": it[0]} for it in items))
+    colors = _colors([*order, *(n for n in _baseline_order({"baseline": it[0]} for it in items) if n not in order)])
     labels = [it[1] for it in items]
     values = [it[2] for it in items]
     bar_colors = [colors[it[0]] for it in items]
@@ -480,9 +528,7 @@ def _plot_sensitivity(rows: Sequence[Record], axes: Sequence[str], out_dir: Path
         plt.close(fig)
 
 
-def plot_all(
-    records: list[dict], rows: list[dict], l0: float, out_dir: Path, axes: Sequence[str] = ()
-) -> list[Path]:
+def plot_all(records: list[dict], rows: list[dict], l0: float, out_dir: Path, axes: Sequence[str] = ()) -> list[Path]:
     """Write every figure that the data supports into ``out_dir`` and return their paths.
 
     Returns ``[]`` (and creates nothing) when ``records`` is empty.  ``curves_best_lr.png``
@@ -500,7 +546,7 @@ def plot_all(
         lambda: _plot_loss_vs_lr(records, l0, axes, out_dir),
         lambda: _plot_curves(records, rows, l0, axes, out_dir),
         *[(lambda a=a: _plot_heatmap(records, l0, axes, a, out_dir)) for a in axes],
-        lambda: _plot_sensitivity(rows, axes, out_dir),
+        lambda: _plot_sensitivity(rows, axes, _baseline_order(records), out_dir),
     ]
     paths: list[Path] = []
     for job in jobs:

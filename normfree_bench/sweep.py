@@ -29,7 +29,8 @@ from tqdm import tqdm
 from normfree_bench.config import ModelConfig, RunConfig, build_dataclass, config_hash
 from normfree_bench.data import load_corpus
 from normfree_bench.errors import UserError
-from normfree_bench.io import write_yaml
+from normfree_bench.io import write_json, write_yaml
+from normfree_bench.provenance import collect_provenance
 from normfree_bench.registry import get_baseline, list_baselines
 from normfree_bench.train import RunResult, resolve_device, train_one
 
@@ -213,10 +214,13 @@ def run_sweep(cfg: RunConfig, run_dir: Path, *, storage_url: str | None = None, 
     """Run (or resume) every baseline's grid; return the run record. Tables are written by the caller."""
     baselines = sweep_baselines(cfg)
     validate_axes(cfg, baselines)
-    resolve_device(cfg.train.device)
-    load_corpus(cfg.data)  # fail on a bad corpus before anything is written
+    device = resolve_device(cfg.train.device)
+    corpus = load_corpus(cfg.data)  # fail on a bad corpus before anything is written
+    storage = open_storage(storage_url) if storage_url else None
     record = prepare_run_dir(cfg, run_dir, storage_url, force_new)
-    storage = open_storage(record["storage"])
+    storage = storage or open_storage(record["storage"])
+    provenance = collect_provenance(device, corpus.sha256, corpus.meta.get("source", {}).get("description", ""))
+    write_json(run_dir / "provenance.json", provenance)
     spaces = {b: search_space(cfg, b) for b in baselines}
     studies = {b: load_study(storage, record["run_name"], b, spaces[b]) for b in baselines}
     total = sum(grid_size(s) for s in spaces.values())
@@ -233,5 +237,6 @@ def run_sweep(cfg: RunConfig, run_dir: Path, *, storage_url: str | None = None, 
             studies[baseline].optimize(objective, n_trials=remaining, catch=(Exception,), gc_after_trial=False)
     finally:
         bar.close()
-    record["sweep_wall_s"] = time.perf_counter() - t0
+    provenance["sweep_wall_s_this_invocation"] = time.perf_counter() - t0
+    write_json(run_dir / "provenance.json", provenance)
     return record

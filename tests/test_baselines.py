@@ -1,0 +1,190 @@
+"""Every registered baseline meets the contract, and each scheme matches its paper's rules at init."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from normfree_bench import Baseline, ModelConfig, build_model, list_baselines
+from normfree_bench.contract import CHECKS, check_baseline, lm_loss, tiny_batch, tiny_config
+from normfree_bench.layers import PointwiseNorm
+
+BUILTINS = ["layernorm", "rmsnorm", "dyt", "fixup", "rezero", "skipinit", "nf"]
+
+
+def test_all_seven_builtins_are_registered():
+    assert set(BUILTINS) <= set(list_baselines())
+    assert list_baselines()[0] == "layernorm"
+
+
+@pytest.mark.parametrize("preset", ["gpt2", "llama"])
+@pytest.mark.parametrize("check", list(CHECKS))
+@pytest.mark.parametrize("name", list_baselines())
+def test_contract(name, check, preset):
+    config = tiny_config(preset)
+    torch.manual_seed(0)
+    detail = CHECKS[check](build_model(name, config), tiny_batch(config))
+    assert detail == "", f"{name} {check} ({preset}): {detail}"
+
+
+def test_norm_free_claims():
+    claims = {n: build_model(n, tiny_config()).baseline.norm_free for n in BUILTINS}
+    assert claims == {"layernorm": False, "rmsnorm": False, "dyt": True, "fixup": True, "rezero": True,
+                      "skipinit": True, "nf": True}
+
+
+# ---- the checks can fail ----------------------------------------------------------------------
+class _Broken(Baseline):
+    name = "broken"
+    norm_free = True
+
+
+def test_contract_catches_a_norm_left_in_a_norm_free_baseline():
+    model = build_model(_Broken(tiny_config()), tiny_config())
+    assert "norm-free" in CHECKS["norm_free"](model, tiny_batch(model.config))
+
+
+def test_contract_catches_non_finite_init():
+    model = build_model(_Broken(tiny_config()), tiny_config())
+    with torch.no_grad():
+        model.head.weight.fill_(float("nan"))
+    assert "non-finite" in CHECKS["forward"](model, tiny_batch(model.config))
+
+
+def test_contract_catches_a_parameter_missing_from_the_optimizer():
+    class Dropping(Baseline):
+        name = "dropping"
+
+        def param_groups(self, model, lr, weight_decay):
+            return [{"params": [p for n, p in model.named_parameters() if "head" not in n]}]
+
+    model = build_model(Dropping(tiny_config()), tiny_config())
+    assert "missing" in CHECKS["param_groups"](model, tiny_batch(model.config))
+
+
+def test_check_baseline_reports_a_raising_forward_as_failed():
+    class Raising(Baseline):
+        name = "raising"
+
+        def residual(self, dim, branch, layer_idx, n_layers):
+            raise RuntimeError("boom")
+
+    from normfree_bench import registry
+
+    registry._REGISTRY["raising_test"] = Raising
+    try:
+        checks = check_baseline("raising_test", presets=("gpt2",))
+    finally:
+        registry._REGISTRY.pop("raising_test")
+    assert not any(c.ok for c in checks)
+    assert "boom" in checks[0].detail
+
+
+# ---- scheme-specific rules --------------------------------------------------------------------
+def test_dyt_alpha_per_site_embedding_scalar_and_width_rule():
+    cfg = tiny_config()
+    model = build_model("dyt", cfg)
+    dyts = {n: m for n, m in model.named_modules() if isinstance(m, PointwiseNorm)}
+    assert len(dyts) == 2 * cfg.n_layers + 1  # every site replaced, final included
+    assert all(m.alpha.numel() == 1 for m in dyts.values())  # one scalar per layer
+    assert model.embed_scale.scale.item() == pytest.approx(math.sqrt(cfg.d_model))
+    from normfree_bench.registry import get_baseline
+
+    dyt = get_baseline("dyt")
+    wide = dyt(ModelConfig(d_model=4096, n_heads=32))
+    assert wide.alpha == {"attn": 0.8, "other": 0.2}
+    assert dyt(ModelConfig(d_model=2048, n_heads=16)).alpha == {"attn": 1.0, "other": 0.5}
+    assert dyt(ModelConfig(d_model=8192, n_heads=64)).alpha == {"attn": 0.2, "other": 0.05}
+    assert dyt(ModelConfig(task="vit")).alpha == {"attn": 0.5, "other": 0.5}
+    small = build_model("dyt", cfg, alpha_init_attn=0.8, alpha_init_other=0.2)
+    assert small.blocks[0].norm_attn.alpha.item() == pytest.approx(0.8)
+    assert small.blocks[0].norm_mlp.alpha.item() == pytest.approx(0.2)
+    assert small.norm_final.alpha.item() == pytest.approx(0.2)
+
+
+def test_dyt_final_layernorm_ablation_is_one_hparam():
+    model = build_model("dyt", tiny_config(), sites_with_layernorm=["final"])
+    assert isinstance(model.norm_final, nn.LayerNorm)
+    assert isinstance(model.blocks[0].norm_attn, PointwiseNorm)
+    assert model.baseline.norm_free is False
+
+
+def test_dyt_llama_flavour_has_no_beta():
+    model = build_model("dyt", tiny_config("llama"))
+    assert model.blocks[0].norm_attn.bias is None
+
+
+def test_rezero_shares_one_alpha_per_layer_and_offers_per_branch():
+    model = build_model("rezero", tiny_config())
+    for block in model.blocks:
+        assert block.res_attn.gain is block.res_mlp.gain
+    n_scalars = sum(1 for p in model.parameters() if p.numel() == 1)
+    assert n_scalars == model.config.n_layers
+    per_branch = build_model("rezero", tiny_config(), per_branch=True)
+    assert per_branch.blocks[0].res_attn.gain is not per_branch.blocks[0].res_mlp.gain
+    assert not any(isinstance(m, (nn.LayerNorm, nn.RMSNorm)) for m in model.modules())
+
+
+def test_skipinit_one_zero_gain_per_branch():
+    model = build_model("skipinit", tiny_config())
+    gains = [r.gain for b in model.blocks for r in (b.res_attn, b.res_mlp)]
+    assert len({id(g) for g in gains}) == 2 * model.config.n_layers
+    assert all(g.item() == 0 for g in gains)
+
+
+def test_fixup_inits_and_lr_group():
+    cfg = tiny_config()
+    model = build_model("fixup", cfg)
+    n_branches = 2 * cfg.n_layers
+    for _, role, linear in model.branch_linears():
+        if role in ("attn_out", "mlp_out"):
+            assert linear.weight.abs().max() == 0
+    # Xavier-uniform bound sqrt(6/(fan_in+fan_out)) times L^(-1/6) for Q, K, V.
+    qkv = model.blocks[0].attn.qkv.weight
+    bound = math.sqrt(6 / (qkv.shape[0] + qkv.shape[1])) * n_branches ** (-1 / 6)
+    assert qkv.abs().max().item() <= bound + 1e-6
+    assert qkv.abs().max().item() > 0.8 * bound
+    fc1 = model.blocks[0].mlp.fc1.weight
+    bound1 = math.sqrt(6 / (fc1.shape[0] + fc1.shape[1])) * n_branches ** (-1 / 2)
+    assert 0.8 * bound1 < fc1.abs().max().item() <= bound1 + 1e-6
+    assert model.head.weight.abs().max() == 0
+    groups = model.baseline.param_groups(model, 1e-3, 0.1)
+    scalar_group = [g for g in groups if g.get("lr_scale") == 0.1]
+    assert len(scalar_group) == 1
+    # per block: branch shift + scale (2 per branch) and 2 shifts around the activation
+    assert len(scalar_group[0]["params"]) == cfg.n_layers * (2 * 2 + 2)
+    assert all(p.numel() == 1 for p in scalar_group[0]["params"])
+
+
+def test_nf_beta_schedule_ws_and_agc():
+    cfg = tiny_config()
+    model = build_model("nf", cfg)
+    baseline = model.baseline
+    variances = baseline.expected_variances(model)
+    assert variances[1] - variances[0] == pytest.approx(0.2**2)
+    residuals = [r for b in model.blocks for r in (b.res_attn, b.res_mlp)]
+    for residual, var in zip(residuals, variances):
+        assert residual.inv_beta.item() == pytest.approx(var**-0.5, rel=1e-5)
+        assert residual.skip_gain.item() == 0
+    # Scaled WS: each standardised row has zero mean and unit norm.
+    weight = model.blocks[0].mlp.fc1.weight
+    assert weight.mean(dim=1).abs().max() < 1e-5
+    assert torch.allclose(weight.norm(dim=1), torch.ones(weight.shape[0]), atol=1e-4)
+    # AGC clips a unit whose gradient is far larger than lambda * |W|.
+    ids = tiny_batch(cfg)
+    model.zero_grad()
+    lm_loss(model, ids).backward()
+    raw = model.blocks[0].res_mlp.skip_gain
+    raw.grad = torch.full_like(raw, 1e6)
+    baseline.clip_gradients(model, 1.0)
+    assert raw.grad.abs().item() <= 0.01 * max(raw.abs().item(), 1e-3) + 1e-9
+
+
+def test_branches_silent_invariant_can_fail():
+    model = build_model("rezero", tiny_config())
+    with torch.no_grad():
+        model.blocks[0].res_attn.gain.fill_(0.5)
+    assert model.baseline.check_init(model, tiny_batch(model.config))

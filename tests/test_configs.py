@@ -1,0 +1,72 @@
+"""Every shipped YAML validates, and config errors name the key and what is valid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from normfree_bench.config import ModelConfig, load_run_config
+from normfree_bench.errors import UserError
+from normfree_bench.registry import get_baseline
+from normfree_bench.suites import configs_dir, list_suites
+from normfree_bench.sweep import sweep_baselines, validate_axes
+
+SUITES = sorted(configs_dir().glob("*.yaml"))
+
+
+def test_required_suites_exist():
+    assert {"smoke", "default"} <= set(list_suites())
+
+
+@pytest.mark.parametrize("path", SUITES, ids=lambda p: p.stem)
+def test_every_config_validates(path: Path):
+    cfg = load_run_config(path)
+    baselines = sweep_baselines(cfg)
+    validate_axes(cfg, baselines)
+    for name, hparams in cfg.hparams.items():
+        get_baseline(name)(cfg.model, **hparams)  # unknown hyperparameters raise
+    assert cfg.sweep.lr_grid()
+
+
+def test_default_suite_spans_three_decades_with_seven_lrs():
+    grid = load_run_config(configs_dir() / "default.yaml").sweep.lr_grid()
+    assert len(grid) >= 7 and grid[-1] / grid[0] >= 1000
+
+
+def test_llama_preset_is_one_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {preset: llama, d_model: 32}\n")
+    model = load_run_config(path).model
+    assert (model.mlp, model.positions, model.bias, model.d_model) == ("swiglu", "rope", False, 32)
+    assert ModelConfig.from_preset("llama").mlp == "swiglu"
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ("model: {d_modle: 3}\n", "unknown config key 'config.model.d_modle'; valid keys: vocab_size"),
+    ("train: {steps: ten}\n", "config.train.steps must be an integer"),
+    ("train: {lr: 0}\n", "train.lr must be a finite number > 0"),
+    ("train: {steps: 0}\n", "train.steps must be >= 1"),
+    ("sweep: {lr_min: 0.1, lr_max: 0.001}\n", "is below sweep.lr_min"),
+    ("sweep: {n_lrs: 0}\n", "grid would be empty"),
+    ("sweep: {seeds: 0}\n", "sweep.seeds must be >= 1"),
+    ("sweep: {lrs: [-1]}\n", "must be finite numbers > 0"),
+    ("model: {preset: gpt3}\n", "valid: gpt2, llama"),
+    ("model: {mlp: relu}\n", "valid: gelu, swiglu"),
+    ("model: {d_model: 30, n_heads: 4}\n", "divisible"),
+    ("train: [1, 2\n", "malformed YAML"),
+    ("- 1\n- 2\n", "must hold a YAML mapping"),
+])
+def test_config_errors(tmp_path, body, fragment):
+    path = tmp_path / "bad.yaml"
+    path.write_text(body)
+    with pytest.raises(UserError) as err:
+        load_run_config(path)
+    assert fragment in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_log_spaced_grid():
+    from normfree_bench.config import SweepConfig
+
+    assert SweepConfig(lr_min=1e-4, lr_max=1e-1, n_lrs=4).lr_grid() == pytest.approx([1e-4, 1e-3, 1e-2, 1e-1])

@@ -1,0 +1,99 @@
+"""The divergence guard's rules, and real training runs on the default corpus."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from normfree_bench.config import DataConfig, GuardConfig, ModelConfig, RunConfig, TrainConfig
+from normfree_bench.guard import DivergenceGuard
+from normfree_bench.train import train_one
+
+L0 = math.log(256)
+
+
+def test_guard_non_finite_loss_stops_at_once():
+    guard = DivergenceGuard(l0=L0, margin=1.0, patience=5)
+    assert not guard.update(1, 5.0)
+    assert guard.update(2, math.nan)
+    assert (guard.diverged, guard.diverged_step, guard.reason) == (True, 2, "non-finite loss")
+
+
+def test_guard_non_finite_gradient_stops_at_once():
+    guard = DivergenceGuard(l0=L0)
+    assert guard.update(7, 3.0, math.inf)
+    assert (guard.diverged_step, guard.reason) == (7, "non-finite gradient")
+
+
+def test_guard_finite_divergence_needs_the_whole_patience_window():
+    guard = DivergenceGuard(l0=L0, margin=1.0, patience=3)
+    high = L0 + 2
+    assert not guard.update(1, high)
+    assert not guard.update(2, high)
+    assert guard.update(3, high)
+    assert guard.diverged_step == 3 and "for 3 steps" in guard.reason
+
+
+def test_guard_recovered_spike_is_recorded_not_divergence():
+    guard = DivergenceGuard(l0=L0, margin=1.0, patience=3)
+    for step, loss in enumerate([5.0, 12.0, 531.0, 4.0, 3.0], start=1):
+        assert not guard.update(step, loss)
+    guard.finish(2.5, step=5)
+    assert not guard.diverged and guard.spiked
+    assert guard.spikes[0].start == 2 and guard.spikes[0].end == 4 and guard.spikes[0].peak == 531.0
+    assert guard.max_loss == 531.0
+
+
+def test_guard_final_loss_not_below_l0_is_divergence():
+    guard = DivergenceGuard(l0=L0)
+    guard.update(1, 5.0)
+    guard.finish(L0, step=10)
+    assert guard.diverged and guard.reason == "final validation loss not below l0"
+
+
+def small_run(baseline: str = "layernorm", lr: float = 3e-3, steps: int = 60, **train) -> RunConfig:
+    return RunConfig(
+        baseline=baseline,
+        model=ModelConfig(d_model=32, n_layers=2, n_heads=4, context_length=64),
+        data=DataConfig(batch_size=8, val_windows=16),
+        train=TrainConfig(steps=steps, lr=lr, warmup_steps=10, eval_interval=30, log_interval=5, **train),
+        guard=GuardConfig(margin=1.0, patience=20),
+    )
+
+
+@pytest.mark.parametrize("baseline", ["layernorm", "rmsnorm", "dyt", "fixup", "rezero", "skipinit", "nf"])
+def test_short_real_training_lowers_the_loss(baseline):
+    result = train_one(small_run(baseline, lr=1e-2, steps=60))
+    assert not result.diverged, result.diverged_reason
+    assert result.final_val_loss < L0 - 1.0  # well below the uniform-guess loss on real text
+    assert result.curve[0]["train_loss"] > result.final_val_loss
+    assert result.steps == 60 and result.tokens == 60 * 8 * 64
+    assert result.tokens_per_s > 0 and result.params > 0
+    assert result.final_val_perplexity == pytest.approx(math.exp(result.final_val_loss), rel=1e-3)
+
+
+def test_training_is_deterministic_on_cpu():
+    a = train_one(small_run(steps=20))
+    b = train_one(small_run(steps=20))
+    assert a.final_val_loss == b.final_val_loss
+    assert [p["train_loss"] for p in a.curve] == [p["train_loss"] for p in b.curve]
+
+
+def test_exploding_lr_is_recorded_as_diverged_with_its_step():
+    result = train_one(small_run("layernorm", lr=10.0, steps=60))
+    assert result.diverged and result.diverged_step is not None
+    assert result.steps <= 60
+
+
+def test_fixup_lr_scale_reaches_the_optimizer():
+    from normfree_bench.lit_module import LitLM
+    from normfree_bench.model import build_model
+
+    cfg = small_run("fixup")
+    module = LitLM(build_model("fixup", cfg.model), cfg.train, DivergenceGuard(l0=L0))
+    opt = module.configure_optimizers()
+    sched = opt["lr_scheduler"]["scheduler"]
+    sched.step_update(num_updates=cfg.train.warmup_steps)
+    lrs = sorted({g["lr"] for g in opt["optimizer"].param_groups})
+    assert lrs == pytest.approx([cfg.train.lr * 0.1, cfg.train.lr])
