@@ -208,7 +208,7 @@ def _save(fig: Figure, path: Path) -> Path:
 
 def _lr_limits(lrs: Iterable[float]) -> tuple[float, float]:
     """Log-axis limits with some room on each side (also for a single LR)."""
-    values = [lr for lr in lrs if lr > 0 and math.isfinite(lr)]
+    values = [lr for lr in lrs if lr > 0 and math.isfinite(lr)] or [1e-3]
     lo, hi = min(values), max(values)
     pad = max(math.log10(hi / lo) * 0.08, 0.15)
     return lo / 10**pad, hi * 10**pad
@@ -363,7 +363,7 @@ def _plot_curves(
 
     colors = _colors(order)
     nrows, ncols = _grid(len(panels_data))
-    fig = plt.figure(figsize=(4.4 * ncols, 3.4 * nrows + 0.5), layout="constrained")
+    fig = plt.figure(figsize=(max(4.4 * ncols, 5.6), 3.4 * nrows + 0.6), layout="constrained")
     try:
         panels = _panels(fig, len(panels_data), sharex=True, sharey=True)
         ys: list[float] = []
@@ -372,25 +372,11 @@ def _plot_curves(
                 alpha = 1.0 if i == 0 else 0.45
                 steps, train = curve_series(rec.get("curve", ()), "train_loss")
                 if len(steps):
-                    ax.plot(
-                        steps,
-                        train,
-                        lw=0.8,
-                        color=colors[name],
-                        alpha=0.55 * alpha,
-                    )
+                    ax.plot(steps, train, lw=0.8, color=colors[name], alpha=0.55 * alpha)
                     ys.extend(train.tolist())
                 steps, val = curve_series(rec.get("curve", ()), "val_loss")
                 if len(steps):
-                    ax.plot(
-                        steps,
-                        val,
-                        "-o",
-                        lw=1.6,
-                        ms=4,
-                        color="black",
-                        alpha=0.85 * alpha,
-                    )
+                    ax.plot(steps, val, "-o", lw=1.6, ms=4, color="black", alpha=0.85 * alpha)
                     ys.extend(val.tolist())
             ax.axhline(l0, ls="--", lw=0.9, color="0.5")
             ax.set_title(title, fontsize=9)
@@ -410,7 +396,7 @@ def _plot_curves(
         ]
         labels = ["train loss", "val loss", f"l0 = {l0:.3g}"]
         fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=9, frameon=False)
-        fig.suptitle("Loss curves at each baseline's best learning rate (first seed bold, other seeds faint)")
+        fig.suptitle("Loss curves at each baseline's best LR (other seeds faint)")
         return _save(fig, out_dir / "curves_best_lr.png")
     finally:
         plt.close(fig)
@@ -457,9 +443,8 @@ def _plot_heatmap(records: Sequence[Record], l0: float, axes: Sequence[str], axi
     nrows, ncols = _grid(n, max_cols=2)
     max_lrs = max(len(p[1]) for p in panels_data)
     max_vals = max(len(p[2]) for p in panels_data)
-    fig = plt.figure(
-        figsize=(ncols * (1.5 + 0.8 * max_lrs) + 1.4, nrows * (1.3 + 0.55 * max_vals) + 0.6), layout="constrained"
-    )
+    width = max(ncols * (1.5 + 0.8 * max_lrs) + 1.4, 5.2)
+    fig = plt.figure(figsize=(width, nrows * (1.3 + 0.55 * max_vals) + 0.6), layout="constrained")
     try:
         panels = []
         for k, (title, lrs, vals, means, all_div) in enumerate(panels_data):
