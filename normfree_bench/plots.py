@@ -46,6 +46,8 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
+from normfree_bench.metrics import capped_loss  # noqa: E402
+
 __all__ = [
     "DPI",
     "MAX_PANELS",
@@ -85,13 +87,6 @@ def _as_float(value: Any) -> float:
 def is_diverged(rec: Record) -> bool:
     """A trial counts as diverged when flagged so or when its final loss is not finite."""
     return bool(rec.get("diverged", False)) or not math.isfinite(_as_float(rec.get("final_val_loss")))
-
-
-def capped_loss(rec: Record, l0: float) -> float:
-    """``min(final_val_loss, l0)``; a diverged trial or a non-finite loss counts as ``l0``."""
-    if is_diverged(rec):
-        return float(l0)
-    return min(_as_float(rec["final_val_loss"]), float(l0))
 
 
 def capped_mean(records: Iterable[Record], l0: float) -> float:
