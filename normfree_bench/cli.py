@@ -63,7 +63,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_run_config(args.config, _run_overrides(args))
     get_baseline(cfg.baseline)
     out = Path(args.out or f"runs/train-{cfg.baseline}")
-    _check_writable(out)
+    _check_writable(out, create=True)
     from normfree_bench.train import resolve_device, train_one, write_run
 
     resolve_device(cfg.train.device)
@@ -75,12 +75,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_writable(out: Path) -> None:
+def _check_writable(out: Path, create: bool = False) -> None:
+    """Refuse an output directory that cannot be written before any work is done."""
     probe = out
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir() or not os.access(probe, os.W_OK):
         raise UserError(f"output directory {out} is not writable; choose another with --out")
+    if create:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(
+                f"output directory {out} is not writable ({exc.strerror}); choose another with --out") from exc
 
 
 def cmd_baselines_list(args: argparse.Namespace) -> int:
@@ -160,7 +167,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     for run_dir in args.run_dirs:
         record = read_run(Path(run_dir))
         axes += [a for a in run_axes(record) if a not in axes]
-        rows = leaderboard_rows(record, collect(record)[2])
+        rows = leaderboard_rows(record, collect(record, Path(run_dir))[2])
         if len(args.run_dirs) > 1:
             rows = [{"run": Path(run_dir).name, **r} for r in rows]
         all_rows += rows

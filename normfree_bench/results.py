@@ -43,11 +43,11 @@ def run_axes(record: dict[str, Any]) -> list[str]:
     return list(record.get("sweep", {}).get("axes", {}))
 
 
-def load_trials(record: dict[str, Any]) -> list[tuple[str, optuna.trial.FrozenTrial]]:
+def load_trials(record: dict[str, Any], run_dir: Path) -> list[tuple[str, optuna.trial.FrozenTrial]]:
     """Every trial of the run's studies, as (baseline, trial), in baseline then trial order."""
-    from normfree_bench.sweep import open_storage
+    from normfree_bench.sweep import open_storage, storage_of
 
-    storage = open_storage(record["storage"])
+    storage = open_storage(storage_of(record, run_dir))
     prefix = record["run_name"] + ":"
     names = [s.study_name for s in optuna.study.get_all_study_summaries(storage, include_best_trial=False)
              if s.study_name.startswith(prefix)]
@@ -82,11 +82,11 @@ def _num(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
-def collect(record: dict[str, Any]) -> tuple[list[dict], list[dict], list[dict]]:
+def collect(record: dict[str, Any], run_dir: Path) -> tuple[list[dict], list[dict], list[dict]]:
     """(trial rows, curve rows, metric records of COMPLETE trials) for a run."""
     axes = run_axes(record)
     trials, curves, records = [], [], []
-    for baseline, trial in load_trials(record):
+    for baseline, trial in load_trials(record, run_dir):
         row = trial_row(baseline, trial, axes)
         trials.append(row)
         if trial.state != optuna.trial.TrialState.COMPLETE:
@@ -111,7 +111,7 @@ def write_results(run_dir: Path, plots: bool = True) -> list[dict[str, Any]]:
     """Regenerate every table (and the plots) of a run directory; return the leaderboard rows."""
     record = read_run(run_dir)
     axes = run_axes(record)
-    trials, curves, records = collect(record)
+    trials, curves, records = collect(record, run_dir)
     rows = leaderboard_rows(record, records)
     write_csv(run_dir / "trials.csv", trials, (*TRIAL_COLUMNS[:4], *axes, *TRIAL_COLUMNS[4:]))
     write_csv(run_dir / "curves.csv", curves, (*CURVE_COLUMNS[:4], *axes, *CURVE_COLUMNS[4:]))

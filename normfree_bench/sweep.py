@@ -27,7 +27,7 @@ import optuna
 from tqdm import tqdm
 
 from normfree_bench.config import ModelConfig, RunConfig, build_dataclass, config_hash
-from normfree_bench.data import load_corpus
+from normfree_bench.data import check_split_size, load_corpus
 from normfree_bench.errors import UserError
 from normfree_bench.io import write_json, write_yaml
 from normfree_bench.provenance import collect_provenance
@@ -116,6 +116,12 @@ def default_storage(run_dir: Path) -> str:
     return f"sqlite:///{(run_dir / DB_FILE).resolve()}"
 
 
+def storage_of(record: dict[str, Any], run_dir: Path) -> str:
+    """The run's storage URL; ``null`` in config.yaml means the run directory's own study.db, so a
+    moved or copied run directory keeps reading its own database."""
+    return record.get("storage") or default_storage(run_dir)
+
+
 def prepare_run_dir(cfg: RunConfig, run_dir: Path, storage_url: str | None, force_new: bool) -> dict[str, Any]:
     """Create or re-open a run directory; refuse a changed config unless ``force_new``.
 
@@ -134,7 +140,7 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, storage_url: str | None, forc
                 f"{run_hash}); use another --out, or --force-new to start a new study there")
     elif run_dir.exists() and any(run_dir.iterdir()) and not (run_dir / DB_FILE).exists():
         raise UserError(f"{run_dir} exists and is not a normfree-bench run directory; choose another --out")
-    storage_url = storage_url or (existing or {}).get("storage") or default_storage(run_dir)
+    storage_url = storage_url or (existing or {}).get("storage")  # None: the run directory's study.db
     baselines = sorted(set(sweep_baselines(cfg)) | set((existing or {}).get("baselines", [])),
                        key=lambda n: (n != "layernorm", n))
     record = {"config_hash": run_hash, "run_name": f"nfb-{run_hash}", "storage": storage_url,
@@ -215,10 +221,13 @@ def run_sweep(cfg: RunConfig, run_dir: Path, *, storage_url: str | None = None, 
     baselines = sweep_baselines(cfg)
     validate_axes(cfg, baselines)
     device = resolve_device(cfg.train.device)
-    corpus = load_corpus(cfg.data)  # fail on a bad corpus before anything is written
+    corpus = load_corpus(cfg.data)  # fail on a bad or too small corpus before anything is written
+    longest = max([cfg.model.context_length, *cfg.sweep.axes.get("model.context_length", [])])
+    for split in ("train", "val"):
+        check_split_size(len(getattr(corpus, split)), longest, split)
     storage = open_storage(storage_url) if storage_url else None
     record = prepare_run_dir(cfg, run_dir, storage_url, force_new)
-    storage = storage or open_storage(record["storage"])
+    storage = storage or open_storage(storage_of(record, run_dir))
     provenance = collect_provenance(device, corpus.sha256, corpus.meta.get("source", {}).get("description", ""))
     write_json(run_dir / "provenance.json", provenance)
     spaces = {b: search_space(cfg, b) for b in baselines}

@@ -30,6 +30,7 @@ import yaml
 
 from normfree_bench import data
 from normfree_bench.cli import main
+from normfree_bench.sweep import storage_of
 
 REPO = Path(__file__).resolve().parents[1]
 L0 = math.log(256)
@@ -172,8 +173,7 @@ def test_smoke_config_yaml(smoke_dir: Path) -> None:
     assert re.fullmatch(r"[0-9a-f]{12}", record["config_hash"])
     assert record["config_hash"] == sweep_hash(load_run_config(suite_path("smoke")))
     assert record["run_name"] == f"nfb-{record['config_hash']}"
-    assert record["storage"].startswith("sqlite:///")
-    assert Path(record["storage"].removeprefix("sqlite:///")).resolve() == (smoke_dir / "study.db").resolve()
+    assert record["storage"] is None  # null: the run directory's own study.db
     assert record["baselines"] == BUILTINS
     smoke_yaml = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
     for section in ("model", "data", "train", "guard"):
@@ -300,7 +300,7 @@ def test_smoke_plots_and_study(smoke_dir: Path) -> None:
         assert path.read_bytes()[:8] == PNG_MAGIC, name
         assert path.stat().st_size > 5_000, name
     record = yaml.safe_load((smoke_dir / "config.yaml").read_text())
-    storage = optuna.storages.RDBStorage(record["storage"])
+    storage = optuna.storages.RDBStorage(storage_of(record, smoke_dir))
     summaries = optuna.study.get_all_study_summaries(storage, include_best_trial=False)
     assert sorted(s.study_name for s in summaries) == sorted(f"{record['run_name']}:{b}" for b in BUILTINS)
     for s in summaries:
@@ -314,7 +314,7 @@ def test_smoke_plots_and_study(smoke_dir: Path) -> None:
 # ---- resume ---------------------------------------------------------------------------------------
 def _n_trials(run_dir: Path) -> int:
     record = yaml.safe_load((run_dir / "config.yaml").read_text())
-    storage = optuna.storages.RDBStorage(record["storage"])
+    storage = optuna.storages.RDBStorage(storage_of(record, run_dir))
     return sum(s.n_trials for s in optuna.study.get_all_study_summaries(storage, include_best_trial=False))
 
 
@@ -507,9 +507,7 @@ def test_plot_redraws(smoke_dir: Path, env_root: Path, capsys: pytest.CaptureFix
     assert str(copy / "plots") in out
 
 
-# ---- known bugs -------------------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="BUG: config.yaml stores the sqlite storage as an absolute path, so a "
-                   "moved run directory can no longer be read (sweep.default_storage / prepare_run_dir)")
+# ---- a run directory can be moved -------------------------------------------------------------
 def test_moved_run_dir_still_readable(env_root: Path, corpus_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = write_tiny_config(env_root / "move.yaml", corpus_file, [0.01])
     src, dst = env_root / "to-move", env_root / "moved"
