@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,3 +26,25 @@ def tiny_cfg():
     from normfree_bench.contract import tiny_config
 
     return tiny_config()
+
+
+@contextmanager
+def private_cache(root: Path) -> Iterator[Path]:
+    """A corpus cache of its own under ``root`` (for in-process and subprocess runs) and the
+    built-in baselines folder; the in-process corpus memo is cleared on entry and exit."""
+    from normfree_bench import data
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NORMFREE_BENCH_CACHE", str(root / "cache"))
+        mp.delenv("NORMFREE_BENCH_BASELINES", raising=False)
+        data.clear_loaded()
+        yield root
+    data.clear_loaded()
+
+
+def write_word_corpus(path: Path, n_words: int = 6000) -> Path:
+    """A small seeded text corpus, big enough for tiny models and quick to cache."""
+    rng = random.Random(0)
+    words = "the quick brown fox jumps over a lazy dog while alpha beta gamma delta\n".split(" ")
+    path.write_text(" ".join(rng.choice(words) for _ in range(n_words)))
+    return path

@@ -188,3 +188,15 @@ def test_branches_silent_invariant_can_fail():
     with torch.no_grad():
         model.blocks[0].res_attn.gain.fill_(0.5)
     assert model.baseline.check_init(model, tiny_batch(model.config))
+
+
+@pytest.mark.parametrize("name", list_baselines())
+def test_vit_head_shares_the_blocks(name):
+    config = ModelConfig(task="vit", d_model=32, n_layers=2, n_heads=4, image_size=8, patch_size=2,
+                         in_chans=1, num_classes=10)
+    model = build_model(name, config)
+    images = torch.randn(3, 1, 8, 8)
+    logits = model(images)
+    assert logits.shape == (3, 10) and torch.isfinite(logits).all()
+    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2])).backward()
+    assert model.pos_emb.shape == (1, 16, 32)  # one learned position per patch

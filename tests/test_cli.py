@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import re
 import subprocess
 import sys
@@ -23,8 +22,8 @@ import pytest
 import torch
 import yaml
 
-from normfree_bench import data
 from normfree_bench.cli import main
+from tests.conftest import private_cache, write_word_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 BUILTINS = ["layernorm", "dyt", "fixup", "nf", "rezero", "rmsnorm", "skipinit"]
@@ -72,13 +71,8 @@ def subprocess_cli(args: list[str], env: dict[str, str] | None = None) -> subpro
 # ---- fixtures ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    base = tmp_path_factory.mktemp("cli")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("NORMFREE_BENCH_CACHE", str(base / "cache"))
-        mp.delenv("NORMFREE_BENCH_BASELINES", raising=False)
-        data.clear_loaded()
+    with private_cache(tmp_path_factory.mktemp("cli")) as base:
         yield base
-    data.clear_loaded()
 
 
 @pytest.fixture(scope="module")
@@ -86,10 +80,7 @@ def inputs(root: Path) -> Path:
     """Every input file the bad-input cases refer to, in one folder (also snapshotted)."""
     d = root / "inputs"
     d.mkdir()
-    rng = random.Random(0)
-    words = "the quick brown fox jumps over a lazy dog while alpha beta gamma delta\n".split(" ")
-    corpus = d / "corpus.txt"
-    corpus.write_text(" ".join(rng.choice(words) for _ in range(6000)))
+    corpus = write_word_corpus(d / "corpus.txt")
     (d / "tiny.txt").write_text("hello world, tiny\n")
     (d / "empty_corpus").mkdir()
     c = str(corpus)

@@ -14,7 +14,6 @@ import csv
 import json
 import math
 import os
-import random
 import re
 import shutil
 import subprocess
@@ -28,9 +27,9 @@ import optuna
 import pytest
 import yaml
 
-from normfree_bench import data
 from normfree_bench.cli import main
 from normfree_bench.sweep import storage_of
+from tests.conftest import private_cache, write_word_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 L0 = math.log(256)
@@ -106,22 +105,13 @@ def write_tiny_config(path: Path, corpus: Path, lrs: list[float], baselines: lis
 @pytest.fixture(scope="module")
 def env_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A private corpus cache for the module (in-process and for subprocesses)."""
-    root = tmp_path_factory.mktemp("sweep")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("NORMFREE_BENCH_CACHE", str(root / "cache"))
-        mp.delenv("NORMFREE_BENCH_BASELINES", raising=False)
-        data.clear_loaded()
+    with private_cache(tmp_path_factory.mktemp("sweep")) as root:
         yield root
-    data.clear_loaded()
 
 
 @pytest.fixture(scope="module")
 def corpus_file(env_root: Path) -> Path:
-    rng = random.Random(0)
-    words = "the quick brown fox jumps over a lazy dog while alpha beta gamma delta\n".split(" ")
-    path = env_root / "corpus.txt"
-    path.write_text(" ".join(rng.choice(words) for _ in range(6000)))
-    return path
+    return write_word_corpus(env_root / "corpus.txt")
 
 
 @pytest.fixture(scope="module")
