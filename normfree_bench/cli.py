@@ -35,6 +35,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="load a baseline plugin file (repeatable)")
 
 
+def _add_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key, e.g. --set hparams.dyt.alpha_init=0.5 (repeatable)")
+
+
 def _load_plugins(paths: list[str]) -> None:
     from normfree_bench.registry import discover, load_plugin
 
@@ -43,7 +48,32 @@ def _load_plugins(paths: list[str]) -> None:
         load_plugin(path)
 
 
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """``--set a.b=VALUE`` pairs as a nested override mapping; VALUE is read as YAML."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise UserError(f"--set needs KEY=VALUE with a dotted key, e.g. hparams.dyt.alpha_init=0.5; got {item!r}")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise UserError(f"--set {key}: the value {raw!r} is not valid YAML") from exc
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set {key}: '{part}' is set both as a value and as a section")
+        node[leaf] = value
+    return out
+
+
 def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    from normfree_bench.config import merge
+
     train: dict[str, Any] = {}
     for key in ("lr", "steps", "seed", "device"):
         value = getattr(args, key, None)
@@ -52,7 +82,7 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
     overrides: dict[str, Any] = {"train": train} if train else {}
     if getattr(args, "baseline", None):
         overrides["baseline"] = args.baseline
-    return overrides
+    return merge(parse_set(args.set), overrides)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -132,7 +162,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     _load_plugins(args.plugin)
     path = args.config or (_suite_path(args.suite) if args.suite else _suite_path("default"))
-    overrides: dict[str, Any] = {}
+    overrides: dict[str, Any] = parse_set(args.set)
     if args.baselines:
         overrides["sweep"] = {"baselines": [b.strip() for b in args.baselines.split(",") if b.strip()]}
     if args.device:
@@ -203,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output directory (default runs/train-<baseline>)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_common(p)
+    _add_set(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("run", help="run or resume the benchmark sweep, then print the leaderboard")
@@ -216,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force-new", action="store_true", help="start a new study even if the config changed")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_common(p)
+    _add_set(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("leaderboard", help="print the leaderboard of one or more run directories")

@@ -70,3 +70,13 @@ def test_log_spaced_grid():
     from normfree_bench.config import SweepConfig
 
     assert SweepConfig(lr_min=1e-4, lr_max=1e-1, n_lrs=4).lr_grid() == pytest.approx([1e-4, 1e-3, 1e-2, 1e-1])
+
+
+def test_set_overrides_parse_dotted_keys_as_yaml():
+    from normfree_bench.cli import parse_set
+
+    assert parse_set(["hparams.dyt.alpha_init=0.5", "model.preset=llama", "hparams.dyt.sites_with_layernorm=[final]"]) \
+        == {"hparams": {"dyt": {"alpha_init": 0.5, "sites_with_layernorm": ["final"]}}, "model": {"preset": "llama"}}
+    for bad in ("novalue", "=3", "a..b=1"):
+        with pytest.raises(UserError, match="--set needs KEY=VALUE"):
+            parse_set([bad])
