@@ -27,6 +27,22 @@ class {cls}(Baseline):
 '''
 
 
+@pytest.fixture(autouse=True)
+def restore_registry():
+    """Plugins loaded here must not leak into later tests (the registry is process-global)."""
+    from normfree_bench import registry
+
+    registry.discover()
+    saved = dict(registry._REGISTRY), dict(registry._SOURCES), set(registry._LOADED_FILES)
+    yield
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(saved[0])
+    registry._SOURCES.clear()
+    registry._SOURCES.update(saved[1])
+    registry._LOADED_FILES.clear()
+    registry._LOADED_FILES.update(saved[2])
+
+
 def write(tmp_path: Path, filename: str, body: str) -> Path:
     path = tmp_path / filename
     path.write_text(textwrap.dedent(body))
