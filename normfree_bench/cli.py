@@ -176,15 +176,31 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         record = run_sweep(cfg, out, storage_url=args.storage, force_new=args.force_new,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, workers=args.workers)
     except KeyboardInterrupt:
         if (out / "config.yaml").is_file():
-            write_results(out)
+            write_results(out, storage_url=args.storage)
         print(f"interrupted; tables so far are in {out}; run the same command to resume", file=sys.stderr)
         return 130
-    rows = write_results(out)
+    rows = write_results(out, storage_url=args.storage)
     print(render(rows, "github", run_axes(record)))
     print(f"\nresults in {out}/ (leaderboard.md, trials.csv, curves.csv, plots/)")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from normfree_bench.storage import open_storage
+    from normfree_bench.train import quiet_lightning
+    from normfree_bench.worker import work_on_run
+
+    _load_plugins(args.plugin)
+    quiet_lightning()
+    storage = open_storage(args.storage)
+    with tqdm(desc=f"worker {args.study}", unit="trial", file=sys.stderr, disable=args.no_progress) as bar:
+        work_on_run(storage, args.study, threads=args.threads, on_start=bar.set_postfix_str,
+                    on_trial=lambda: bar.update(1))
     return 0
 
 
@@ -197,7 +213,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     for run_dir in args.run_dirs:
         record = read_run(Path(run_dir))
         axes += [a for a in run_axes(record) if a not in axes]
-        rows = leaderboard_rows(record, collect(record, Path(run_dir))[2])
+        rows = leaderboard_rows(record, collect(record, Path(run_dir), args.storage)[2])
         if len(args.run_dirs) > 1:
             rows = [{"run": Path(run_dir).name, **r} for r in rows]
         all_rows += rows
@@ -208,7 +224,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from normfree_bench.results import write_results
 
-    write_results(Path(args.run_dir))
+    write_results(Path(args.run_dir), storage_url=args.storage)
     print(f"plots written to {Path(args.run_dir) / 'plots'}")
     return 0
 
@@ -245,19 +261,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="Optuna storage URL (default: sqlite study.db in the run directory)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--force-new", action="store_true", help="start a new study even if the config changed")
+    p.add_argument("--workers", type=int, default=1,
+                   help="worker processes on this machine (one per GPU on CUDA; CPU threads are split)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_common(p)
     _add_set(p)
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser("worker", help="join a run's studies in a shared database and work until the grid is done")
+    p.add_argument("--storage", required=True, help="the shared Optuna storage URL (e.g. postgresql+psycopg://...)")
+    p.add_argument("--study", required=True, help="the run name (run_name in the run's config.yaml, nfb-<hash>)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads for this worker (0: torch default)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_common(p)
+    p.set_defaults(func=cmd_worker)
+
     p = sub.add_parser("leaderboard", help="print the leaderboard of one or more run directories")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--storage", help="the storage URL, when the run's has a password (not stored)")
     p.add_argument("--format", default="github", help="github, psql, latex, html, csv or json")
     p.add_argument("--sort", help="sort by this column")
     p.set_defaults(func=cmd_leaderboard)
 
     p = sub.add_parser("plot", help="redraw a run directory's plots")
     p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--storage", help="the storage URL, when the run's has a password (not stored)")
     p.set_defaults(func=cmd_plot)
 
     b = sub.add_parser("baselines", help="list or check baselines")

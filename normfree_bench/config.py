@@ -161,6 +161,36 @@ class GuardConfig:
 
 
 @dataclass(frozen=True)
+class FaultConfig:
+    """A deliberate fault for testing the divergence guard on real training (off by default).
+
+    ``nan_loss``: the loss at ``step`` is NaN. ``inf_grad``: a gradient at ``step`` is +inf.
+    ``creep``: from ``step`` on, the recorded loss rises by ``size`` per step (gradients untouched).
+    ``spike``: the recorded loss at ``step`` alone is ``size`` higher. ``raise``: training raises
+    at ``step``.
+    """
+
+    kind: Literal["none", "nan_loss", "inf_grad", "creep", "spike", "raise"] = "none"
+    step: int = 1
+    size: float = 100.0
+
+    def __post_init__(self) -> None:
+        if self.step < 1:
+            raise UserError(f"fault.step must be >= 1, got {self.step}")
+
+    def at(self, step: int) -> bool:
+        return self.kind != "none" and step == self.step
+
+    def loss_offset(self, step: int) -> float:
+        """What a creep or spike adds to the recorded loss at ``step`` (a constant: no gradient)."""
+        if self.kind == "creep" and step >= self.step:
+            return (step - self.step + 1) * self.size
+        if self.kind == "spike" and step == self.step:
+            return self.size
+        return 0.0
+
+
+@dataclass(frozen=True)
 class SweepConfig:
     """The learning-rate grid (log-spaced, inclusive), seeds, baselines and optional extra axes."""
 
@@ -212,6 +242,7 @@ class RunConfig:
     # Per-baseline hyperparameter overrides, e.g. {"dyt": {"alpha_init": 0.5}}.
     hparams: dict[str, dict[str, Any]] = field(default_factory=dict)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    fault: FaultConfig = field(default_factory=FaultConfig)
     description: str = ""
 
     def to_dict(self) -> dict[str, Any]:

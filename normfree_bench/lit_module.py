@@ -19,7 +19,7 @@ from timm.scheduler import CosineLRScheduler
 from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
 
-from normfree_bench.config import TrainConfig
+from normfree_bench.config import FaultConfig, TrainConfig
 from normfree_bench.guard import DivergenceGuard
 from normfree_bench.model import Transformer
 
@@ -27,11 +27,13 @@ from normfree_bench.model import Transformer
 class LitLM(pl.LightningModule):
     """Causal byte-level language modelling around a `Transformer` and its baseline."""
 
-    def __init__(self, model: Transformer, train_cfg: TrainConfig, guard: DivergenceGuard) -> None:
+    def __init__(self, model: Transformer, train_cfg: TrainConfig, guard: DivergenceGuard,
+                 fault: FaultConfig | None = None) -> None:
         super().__init__()
         self.model = model
         self.cfg = train_cfg
         self.guard = guard
+        self.fault = fault or FaultConfig()
         # nan_strategy="disable": a NaN must reach the guard, never be silently dropped.
         self.val_loss = MeanMetric(nan_strategy="disable")
         self.val_ppl = Perplexity()
@@ -61,6 +63,8 @@ class LitLM(pl.LightningModule):
 
     def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: Any = None,
                                     gradient_clip_algorithm: Any = None) -> None:
+        if self.fault.kind == "inf_grad" and self.fault.at(self.global_step + 1):
+            next(p for p in self.model.parameters() if p.grad is not None).grad.view(-1)[0] = math.inf
         self.last_grad_norm = self.model.baseline.clip_gradients(self.model, self.cfg.grad_clip)
 
     # ---- steps ---------------------------------------------------------------------------------
@@ -70,6 +74,13 @@ class LitLM(pl.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, _ = self.loss(*batch)
+        if self.fault.kind != "none":
+            step = self.global_step + 1
+            if self.fault.kind == "raise" and self.fault.at(step):
+                raise RuntimeError(f"injected fault at step {step}")
+            if self.fault.kind == "nan_loss" and self.fault.at(step):
+                loss = loss * math.nan
+            loss = loss + self.fault.loss_offset(step)
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:

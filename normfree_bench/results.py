@@ -43,11 +43,12 @@ def run_axes(record: dict[str, Any]) -> list[str]:
     return list(record.get("sweep", {}).get("axes", {}))
 
 
-def load_trials(record: dict[str, Any], run_dir: Path) -> list[tuple[str, optuna.trial.FrozenTrial]]:
+def load_trials(record: dict[str, Any], run_dir: Path,
+                storage_url: str | None = None) -> list[tuple[str, optuna.trial.FrozenTrial]]:
     """Every trial of the run's studies, as (baseline, trial), in baseline then trial order."""
-    from normfree_bench.sweep import open_storage, storage_of
+    from normfree_bench.storage import open_storage, resolve_storage
 
-    storage = open_storage(storage_of(record, run_dir))
+    storage = open_storage(resolve_storage(record, run_dir, storage_url), heartbeat=False)
     prefix = record["run_name"] + ":"
     names = [s.study_name for s in optuna.study.get_all_study_summaries(storage, include_best_trial=False)
              if s.study_name.startswith(prefix)]
@@ -82,11 +83,12 @@ def _num(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
-def collect(record: dict[str, Any], run_dir: Path) -> tuple[list[dict], list[dict], list[dict]]:
+def collect(record: dict[str, Any], run_dir: Path,
+            storage_url: str | None = None) -> tuple[list[dict], list[dict], list[dict]]:
     """(trial rows, curve rows, metric records of COMPLETE trials) for a run."""
     axes = run_axes(record)
     trials, curves, records = [], [], []
-    for baseline, trial in load_trials(record, run_dir):
+    for baseline, trial in load_trials(record, run_dir, storage_url):
         row = trial_row(baseline, trial, axes)
         trials.append(row)
         if trial.state != optuna.trial.TrialState.COMPLETE:
@@ -107,11 +109,11 @@ def leaderboard_rows(record: dict[str, Any], records: list[dict]) -> list[dict[s
                      target=sweep.get("target_loss"))
 
 
-def write_results(run_dir: Path, plots: bool = True) -> list[dict[str, Any]]:
+def write_results(run_dir: Path, plots: bool = True, storage_url: str | None = None) -> list[dict[str, Any]]:
     """Regenerate every table (and the plots) of a run directory; return the leaderboard rows."""
     record = read_run(run_dir)
     axes = run_axes(record)
-    trials, curves, records = collect(record, run_dir)
+    trials, curves, records = collect(record, run_dir, storage_url)
     rows = leaderboard_rows(record, records)
     write_csv(run_dir / "trials.csv", trials, (*TRIAL_COLUMNS[:4], *axes, *TRIAL_COLUMNS[4:]))
     write_csv(run_dir / "curves.csv", curves, (*CURVE_COLUMNS[:4], *axes, *CURVE_COLUMNS[4:]))
@@ -120,12 +122,36 @@ def write_results(run_dir: Path, plots: bool = True) -> list[dict[str, Any]]:
     from normfree_bench.io import atomic_write_text
 
     atomic_write_text(run_dir / "leaderboard.md", render(rows, "github", axes) + "\n")
+    record_compute(run_dir, trials)
     if plots and records:
         from normfree_bench.plots import plot_all
 
         plot_all(records_with_full_curves(records, trials, curves), rows, math.log(record["model"]["vocab_size"]),
                  run_dir / "plots", axes)
     return rows
+
+
+def compute_summary(trials: list[dict[str, Any]]) -> dict[str, Any]:
+    """Training steps and seconds spent, in total and by trials that diverged (the cost of divergence)."""
+    done = [t for t in trials if t["status"] == "COMPLETE"]
+    diverged = [t for t in done if t.get("diverged")]
+
+    def total(rows: list[dict[str, Any]], key: str) -> float:
+        return float(sum(t.get(key) or 0 for t in rows))
+
+    return {"complete_trials": len(done), "diverged_trials": len(diverged),
+            "steps": int(total(done, "steps")), "diverged_steps": int(total(diverged, "steps")),
+            "train_s": round(total(done, "train_s"), 3), "diverged_train_s": round(total(diverged, "train_s"), 3)}
+
+
+def record_compute(run_dir: Path, trials: list[dict[str, Any]]) -> None:
+    """Add the compute summary to provenance.json (created by the sweep)."""
+    import json
+
+    path = run_dir / "provenance.json"
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data["compute"] = compute_summary(trials)
+    write_json(path, data)
 
 
 def records_with_full_curves(records: list[dict], trials: list[dict], curves: list[dict]) -> list[dict]:

@@ -133,7 +133,7 @@ def train_one(cfg: RunConfig, *, corpus: Corpus | None = None, callbacks: list[p
     model = build_model(cfg.baseline, cfg.model, **cfg.baseline_hparams())
     guard = DivergenceGuard(l0=math.log(cfg.model.vocab_size), margin=cfg.guard.margin,
                             patience=cfg.guard.patience)
-    module = LitLM(model, cfg.train, guard)
+    module = LitLM(model, cfg.train, guard, cfg.fault)
     timer = _EvalTimer()
     trainer = pl.Trainer(
         accelerator="gpu" if device == "cuda" else "cpu", devices=1, precision=precision,

@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from normfree_bench.cli import main
-from normfree_bench.sweep import storage_of
+from normfree_bench.storage import resolve_storage
 from tests.conftest import private_cache, write_word_corpus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -290,7 +290,7 @@ def test_smoke_plots_and_study(smoke_dir: Path) -> None:
         assert path.read_bytes()[:8] == PNG_MAGIC, name
         assert path.stat().st_size > 5_000, name
     record = yaml.safe_load((smoke_dir / "config.yaml").read_text())
-    storage = optuna.storages.RDBStorage(storage_of(record, smoke_dir))
+    storage = optuna.storages.RDBStorage(resolve_storage(record, smoke_dir))
     summaries = optuna.study.get_all_study_summaries(storage, include_best_trial=False)
     assert sorted(s.study_name for s in summaries) == sorted(f"{record['run_name']}:{b}" for b in BUILTINS)
     for s in summaries:
@@ -304,7 +304,7 @@ def test_smoke_plots_and_study(smoke_dir: Path) -> None:
 # ---- resume ---------------------------------------------------------------------------------------
 def _n_trials(run_dir: Path) -> int:
     record = yaml.safe_load((run_dir / "config.yaml").read_text())
-    storage = optuna.storages.RDBStorage(storage_of(record, run_dir))
+    storage = optuna.storages.RDBStorage(resolve_storage(record, run_dir))
     return sum(s.n_trials for s in optuna.study.get_all_study_summaries(storage, include_best_trial=False))
 
 

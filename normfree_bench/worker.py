@@ -1,0 +1,192 @@
+"""Work on a run's studies until every grid point is done: recovery, de-duplication, one trial at a time.
+
+Usage: ``work_on_run(storage, "nfb-1a2b3c4d5e6f")``  (what ``normfree-bench worker`` and ``run`` call)
+
+Several workers may share a study (``run --workers N`` on one host, ``worker`` on many). The rules
+that keep every grid point done exactly once:
+
+- A trial records its worker (``host:pid``) when it starts. On start, and after every trial, a
+  worker fails the RUNNING trials whose worker was on this host and no longer exists (a ``kill -9``),
+  marks them ``interrupted``, and enqueues their grid point again. RDB storages add Optuna's heartbeat
+  for workers on other machines (failed after the grace period, then re-enqueued the same way).
+- Ctrl-C marks the running trial FAIL with ``interrupted=True``; it is re-run on resume.
+- A grid point is *done* once it has a COMPLETE trial, or a FAIL that recorded an ``error`` (a real
+  crash, not re-run). A trial that finds its point already done or running elsewhere ends PRUNED with
+  ``duplicate=True`` before training; tables ignore PRUNED trials.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from normfree_bench.config import RunConfig, build_dataclass
+from normfree_bench.data import load_corpus
+from normfree_bench.errors import UserError
+from normfree_bench.train import RunResult, train_one
+
+Point = tuple[tuple[str, Any], ...]
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def point_of(params: dict[str, Any]) -> Point:
+    return tuple(sorted(params.items()))
+
+
+def worker_alive(worker: str | None) -> bool:
+    """False only for a worker on this host whose process is gone; others are the heartbeat's job."""
+    if not worker:
+        return True
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_done(trial: optuna.trial.FrozenTrial) -> bool:
+    if trial.state == TrialState.COMPLETE:
+        return True
+    return trial.state == TrialState.FAIL and "error" in trial.user_attrs and not trial.user_attrs.get("interrupted")
+
+
+def recover(study: optuna.Study) -> None:
+    """Fail the dead workers' RUNNING trials and enqueue every interrupted point not yet done or queued."""
+    storage = study._storage
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not worker_alive(t.user_attrs.get("worker")):
+            storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+            storage.set_trial_user_attr(t._trial_id, "error", "interrupted: its worker process is gone")
+            try:
+                storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+            except RuntimeError:  # finished meanwhile
+                pass
+    trials = study.get_trials(deepcopy=False)
+    taken = {point_of(t.params) for t in trials if is_done(t) or t.state == TrialState.RUNNING}
+    taken |= {point_of(t.system_attrs.get("fixed_params", {})) for t in trials if t.state == TrialState.WAITING}
+    for t in trials:
+        if t.state == TrialState.FAIL and not is_done(t) and t.params and point_of(t.params) not in taken:
+            study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number})
+            taken.add(point_of(t.params))
+
+
+def open_points(study: optuna.Study, space: dict[str, list[Any]]) -> int:
+    """Grid points neither done nor running (queued retries count as open)."""
+    from itertools import product
+
+    trials = study.get_trials(deepcopy=False)
+    busy = {point_of(t.params) for t in trials if is_done(t) or t.state == TrialState.RUNNING}
+    names = list(space)
+    return sum(1 for values in product(*space.values()) if point_of(dict(zip(names, values))) not in busy)
+
+
+def store_result(trial: optuna.Trial, result: RunResult) -> float:
+    """Put a run's metrics and curve on its trial; return the objective (l0 when diverged)."""
+    for key, value in result.metrics().items():
+        trial.set_user_attr(key, value)
+    trial.set_user_attr("curve", [[p["step"], p["train_loss"], p["val_loss"], p["grad_norm"]]
+                                  for p in result.curve])
+    return result.l0 if result.diverged else result.final_val_loss
+
+
+class Objective:
+    """One grid point: suggest its parameters, skip a duplicate, train, store the result."""
+
+    def __init__(self, cfg: RunConfig, baseline: str, space: dict[str, list[Any]],
+                 on_start: Callable[[str], None] | None = None) -> None:
+        self.cfg, self.baseline, self.space, self.on_start = cfg, baseline, space, on_start
+        self.corpus = load_corpus(cfg.data)
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        from normfree_bench.sweep import trial_config
+
+        trial.set_user_attr("worker", WORKER)
+        params = {name: trial.suggest_categorical(name, values) for name, values in self.space.items()}
+        key = point_of(params)
+        for other in trial.study.get_trials(deepcopy=False):
+            running_before = (other.state == TrialState.RUNNING and other.number < trial.number
+                              and worker_alive(other.user_attrs.get("worker")))
+            if other.number != trial.number and point_of(other.params) == key and (is_done(other) or running_before):
+                trial.set_user_attr("duplicate", True)
+                raise optuna.TrialPruned(f"grid point {params} is already done or running")
+        if self.on_start is not None:
+            self.on_start(f"{self.baseline} lr={params['lr']:.2g} seed={params['seed']}")
+        try:
+            result = train_one(trial_config(self.cfg, self.baseline, params), corpus=self.corpus)
+        except KeyboardInterrupt:
+            trial.set_user_attr("interrupted", True)
+            raise
+        except Exception as exc:
+            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
+            raise
+        return store_result(trial, result)
+
+
+def optimize_study(study: optuna.Study, cfg: RunConfig, baseline: str, space: dict[str, list[Any]],
+                   on_start: Callable[[str], None] | None = None,
+                   on_trial: Callable[[], None] | None = None) -> None:
+    """Run this study's open grid points until none is left (other workers may share the study)."""
+    recover(study)
+    if open_points(study, space) == 0:
+        return
+
+    def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if on_trial is not None and not trial.user_attrs.get("duplicate"):
+            on_trial()
+        recover(study)
+        if open_points(study, space) == 0:
+            study.stop()
+
+    study.optimize(Objective(cfg, baseline, space, on_start), catch=(Exception,), callbacks=[after_trial],
+                   gc_after_trial=False)
+
+
+# ---- a run's studies in a shared storage --------------------------------------------------------
+def run_studies(storage: optuna.storages.BaseStorage, run_name: str) -> list[optuna.Study]:
+    """The studies of run ``run_name`` (``<run_name>:<baseline>``), in the order they were created."""
+    names = [s.study_name for s in optuna.study.get_all_study_summaries(storage, include_best_trial=False)
+             if s.study_name.startswith(run_name + ":")]
+    if not names:
+        raise UserError(f"no study named '{run_name}:<baseline>' in this storage; the run name is in the run "
+                        "directory's config.yaml (run_name)")
+    return [optuna.load_study(study_name=n, storage=storage) for n in names]
+
+
+def study_spec(study: optuna.Study) -> tuple[RunConfig, str, dict[str, list[Any]]]:
+    """The config, baseline and grid a study was created with (stored in its user attributes)."""
+    attrs = study.user_attrs
+    cfg = build_dataclass(RunConfig, attrs["config"], "config")
+    return cfg, attrs["baseline"], attrs["space"]
+
+
+def work_on_run(storage: optuna.storages.BaseStorage, run_name: str, threads: int = 0,
+                on_start: Callable[[str], None] | None = None, on_trial: Callable[[], None] | None = None) -> None:
+    """What a worker does: every study of the run in turn, until all grid points are done."""
+    import dataclasses
+
+    import torch
+
+    from normfree_bench.registry import get_baseline
+
+    for study in run_studies(storage, run_name):
+        cfg, baseline, space = study_spec(study)
+        get_baseline(baseline)
+        corpus = load_corpus(cfg.data)
+        expected = study.user_attrs.get("corpus_sha256")
+        if expected and corpus.sha256 != expected:
+            raise UserError(f"this machine's corpus ({cfg.data.corpus}, sha256 {corpus.sha256[:12]}) differs from "
+                            f"the run's ({expected[:12]}); every worker must train on the same text")
+        if threads:
+            torch.set_num_threads(threads)
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))
+        optimize_study(study, cfg, baseline, space, on_start, on_trial)
