@@ -193,11 +193,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from normfree_bench.storage import open_storage
     from normfree_bench.train import quiet_lightning
-    from normfree_bench.worker import work_on_run
+    from normfree_bench.worker import run_studies, work_on_run
 
     _load_plugins(args.plugin)
     quiet_lightning()
     storage = open_storage(args.storage)
+    run_studies(storage, args.study)  # an unknown run name is bad input, before any output
     with tqdm(desc=f"worker {args.study}", unit="trial", file=sys.stderr, disable=args.no_progress) as bar:
         work_on_run(storage, args.study, threads=args.threads, on_start=bar.set_postfix_str,
                     on_trial=lambda: bar.update(1))

@@ -143,7 +143,12 @@ def train_one(cfg: RunConfig, *, corpus: Corpus | None = None, callbacks: list[p
         callbacks=[timer, *(callbacks or [])],
     )
     t_fit = time.perf_counter()
-    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+    try:
+        trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+    except SystemExit:
+        if trainer.interrupted:  # Lightning turns Ctrl-C into exit(1); keep it an interrupt for the sweep
+            raise KeyboardInterrupt from None
+        raise
     steps = trainer.global_step
     if not guard.diverged and (not module.val_points or module.val_points[-1][0] != steps):
         trainer.validate(module, dataloaders=val_loader, verbose=False)

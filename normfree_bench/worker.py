@@ -34,8 +34,34 @@ Point = tuple[tuple[str, Any], ...]
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 
+class ResumableGridSampler(optuna.samplers.GridSampler):
+    """Optuna's GridSampler, tolerating the re-enqueued retries of interrupted trials (they carry
+    fixed parameters and no ``grid_id``, which ``GridSampler.after_trial`` expects)."""
+
+    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: Any, values: Any) -> None:
+        if "grid_id" in study._storage.get_trial_system_attrs(trial._trial_id):
+            super().after_trial(study, trial, state, values)
+
+
 def point_of(params: dict[str, Any]) -> Point:
     return tuple(sorted(params.items()))
+
+
+def params_of(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """A trial's grid point: its parameters, or, for a trial killed before it sampled them, the point
+    its ``grid_id`` names (GridSampler orders the grid by sorted parameter name)."""
+    if trial.params:
+        return dict(trial.params)
+    attrs = trial.system_attrs
+    if "fixed_params" in attrs:
+        return dict(attrs["fixed_params"])
+    if "grid_id" in attrs and "search_space" in attrs:
+        from itertools import product
+
+        names = sorted(attrs["search_space"])
+        grid = list(product(*(attrs["search_space"][n] for n in names)))
+        return dict(zip(names, grid[attrs["grid_id"]]))
+    return {}
 
 
 def worker_alive(worker: str | None) -> bool:
@@ -72,12 +98,13 @@ def recover(study: optuna.Study) -> None:
             except RuntimeError:  # finished meanwhile
                 pass
     trials = study.get_trials(deepcopy=False)
-    taken = {point_of(t.params) for t in trials if is_done(t) or t.state == TrialState.RUNNING}
-    taken |= {point_of(t.system_attrs.get("fixed_params", {})) for t in trials if t.state == TrialState.WAITING}
+    taken = {point_of(params_of(t)) for t in trials
+             if is_done(t) or t.state in (TrialState.RUNNING, TrialState.WAITING)}
     for t in trials:
-        if t.state == TrialState.FAIL and not is_done(t) and t.params and point_of(t.params) not in taken:
-            study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number})
-            taken.add(point_of(t.params))
+        params = params_of(t)
+        if t.state == TrialState.FAIL and not is_done(t) and params and point_of(params) not in taken:
+            study.enqueue_trial(params, user_attrs={"retry_of": t.number})
+            taken.add(point_of(params))
 
 
 def open_points(study: optuna.Study, space: dict[str, list[Any]]) -> int:
@@ -85,7 +112,7 @@ def open_points(study: optuna.Study, space: dict[str, list[Any]]) -> int:
     from itertools import product
 
     trials = study.get_trials(deepcopy=False)
-    busy = {point_of(t.params) for t in trials if is_done(t) or t.state == TrialState.RUNNING}
+    busy = {point_of(params_of(t)) for t in trials if is_done(t) or t.state == TrialState.RUNNING}
     names = list(space)
     return sum(1 for values in product(*space.values()) if point_of(dict(zip(names, values))) not in busy)
 
@@ -159,7 +186,12 @@ def run_studies(storage: optuna.storages.BaseStorage, run_name: str) -> list[opt
     if not names:
         raise UserError(f"no study named '{run_name}:<baseline>' in this storage; the run name is in the run "
                         "directory's config.yaml (run_name)")
-    return [optuna.load_study(study_name=n, storage=storage) for n in names]
+    studies = []
+    for name in names:
+        space = optuna.load_study(study_name=name, storage=storage).user_attrs["space"]
+        studies.append(optuna.load_study(study_name=name, storage=storage,
+                                         sampler=ResumableGridSampler(space, seed=0)))
+    return studies
 
 
 def study_spec(study: optuna.Study) -> tuple[RunConfig, str, dict[str, list[Any]]]:
