@@ -230,6 +230,48 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_speed(args: argparse.Namespace) -> int:
+    from normfree_bench.train import resolve_device
+
+    _load_plugins(args.plugin)
+    device = resolve_device(args.device or "auto")
+    out = Path(args.out)
+    _check_writable(out, create=True)
+    if args.overhead:
+        from normfree_bench.config import load_run_config, merge
+        from normfree_bench.io import write_json
+        from normfree_bench.overhead import measure_overhead
+        from normfree_bench.train import quiet_lightning
+
+        quiet_lightning()
+        overrides = merge(parse_set(args.set), {"baseline": "layernorm", "train": {"device": device}})
+        if args.steps:
+            overrides = merge(overrides, {"train": {"steps": args.steps}})
+        cfg = load_run_config(_suite_path(args.suite), overrides)
+        result = measure_overhead(cfg, repeats=args.repeats)
+        write_json(out / "overhead.json", result)
+        print(f"harness {result['harness_s']:.2f} s / bare loop {result['bare_s']:.2f} s = {result['ratio']:.3f} "
+              f"(min {result['ratio_min']:.3f}, max {result['ratio_max']:.3f}; {result['repeats']} pairs, "
+              f"{result['steps']} steps of the '{args.suite}' model, target <= 1.05) -> {out / 'overhead.json'}")
+        return 0
+    from normfree_bench.registry import get_baseline, list_baselines
+    from normfree_bench.speed import SpeedSettings, render_tables, run_speed
+
+    names = [b.strip() for b in args.baselines.split(",")] if args.baselines else list_baselines()
+    for name in names:
+        get_baseline(name)
+    widths = [int(w) for w in args.widths.split(",")]
+    if any(w < 1 for w in widths) or args.tokens < 1:
+        raise UserError("--widths and --tokens must be positive integers")
+    dtypes = ["fp32", "bf16"] if device == "cuda" or args.bf16 else ["fp32"]
+    settings = SpeedSettings(baselines=names, widths=widths, tokens=args.tokens, dtypes=dtypes,
+                             compile=not args.no_compile, device=device, min_run_time=args.min_run_time)
+    rows = run_speed(settings, out)
+    print(render_tables(rows))
+    print(f"\nspeed.json, speed.csv, speed.md and speed.png in {out}/")
+    return 0
+
+
 def _suite_path(name: str) -> Path:
     from normfree_bench.suites import suite_path
 
@@ -277,6 +319,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func=cmd_worker)
 
+    p = sub.add_parser("speed", help="time each scheme's norm layer and whole model, eager and compiled")
+    p.add_argument("--out", default="runs/speed", help="output directory (default runs/speed)")
+    p.add_argument("--baselines", help="comma-separated subset of baselines")
+    p.add_argument("--widths", default="256,1024", help="layer widths (comma-separated)")
+    p.add_argument("--tokens", type=int, default=4096, help="tokens per layer-benchmark tensor")
+    p.add_argument("--bf16", action="store_true", help="also bf16 on CPU (always on CUDA)")
+    p.add_argument("--no-compile", action="store_true", help="eager only (skip torch.compile)")
+    p.add_argument("--min-run-time", type=float, default=0.3, help="seconds per measurement")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--overhead", action="store_true", help="harness trial vs bare PyTorch loop, same model and steps")
+    p.add_argument("--suite", default="default", help="with --overhead: the suite whose model and steps to time")
+    p.add_argument("--steps", type=int, help="with --overhead: steps per trial (default: the suite's)")
+    p.add_argument("--repeats", type=int, default=3, help="with --overhead: harness/bare pairs")
+    _add_common(p)
+    _add_set(p)
+    p.set_defaults(func=cmd_speed)
+
     p = sub.add_parser("leaderboard", help="print the leaderboard of one or more run directories")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--storage", help="the storage URL, when the run's has a password (not stored)")
@@ -302,6 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import logging
+
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime" on CPU hosts
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

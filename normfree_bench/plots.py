@@ -189,7 +189,7 @@ def _panels(fig: Figure, n: int, **kwargs: Any) -> list[Axes]:
     return axs[:n]
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
     """Write ``fig`` to ``path`` atomically (temporary file in the same folder, then ``os.replace``)."""
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
     try:
@@ -315,7 +315,7 @@ def _plot_loss_vs_lr(records: Sequence[Record], l0: float, axes: Sequence[str], 
         labels += ["individual seeds", "diverged (at l0)", f"l0 (diverged) = {l0:.3g}"]
         fig.legend(handles, labels, loc="outside right upper", fontsize=9, frameon=False)
         fig.suptitle("Final validation loss vs learning rate")
-        return _save(fig, out_dir / "loss_vs_lr.png")
+        return save_figure(fig, out_dir / "loss_vs_lr.png")
     finally:
         plt.close(fig)
 
@@ -392,7 +392,7 @@ def _plot_curves(
         labels = ["train loss", "val loss", f"l0 = {l0:.3g}"]
         fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=9, frameon=False)
         fig.suptitle("Loss curves at each baseline's best LR (other seeds faint)")
-        return _save(fig, out_dir / "curves_best_lr.png")
+        return save_figure(fig, out_dir / "curves_best_lr.png")
     finally:
         plt.close(fig)
 
@@ -469,7 +469,7 @@ def _plot_heatmap(records: Sequence[Record], l0: float, axes: Sequence[str], axi
                     ax.text(j, i, text, ha="center", va="center", fontsize=8, color=shade)
         fig.colorbar(image, ax=panels, label="mean capped val loss", shrink=0.9)
         fig.suptitle(f"Stability map: learning rate x {axis}")
-        return _save(fig, out_dir / f"heatmap_{sanitize_name(axis)}.png")
+        return save_figure(fig, out_dir / f"heatmap_{sanitize_name(axis)}.png")
     finally:
         plt.close(fig)
 
@@ -503,7 +503,7 @@ def _plot_sensitivity(rows: Sequence[Record], axes: Sequence[str], order: Sequen
         ax.set_xlabel("LR sensitivity (mean excess capped loss over the LR grid; lower is better)")
         ax.grid(True, axis="x", alpha=0.3)
         ax.set_title("Learning-rate sensitivity")
-        return _save(fig, out_dir / "lr_sensitivity.png")
+        return save_figure(fig, out_dir / "lr_sensitivity.png")
     finally:
         plt.close(fig)
 

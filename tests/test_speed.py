@@ -1,0 +1,90 @@
+"""The speed suite and the harness-overhead measurement run and write what they promise.
+
+These check correctness, not speed: timings are benchmarks, reported by `normfree-bench speed`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from normfree_bench.cli import main
+from normfree_bench.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from normfree_bench.overhead import bare_loop, measure_overhead
+from normfree_bench.speed import SpeedSettings, add_ratios, run_speed
+
+
+def tiny_settings(**kw) -> SpeedSettings:
+    base = dict(baselines=["layernorm", "dyt", "rezero"], widths=[32], tokens=64,
+                model_sizes=[{"d_model": 16, "n_layers": 1, "n_heads": 2}], batch_size=2, context_length=16,
+                dtypes=["fp32"], compile=False, min_run_time=0.01)
+    return SpeedSettings(**{**base, **kw})
+
+
+def test_speed_eager_writes_tables_json_csv_and_plot(tmp_path):
+    rows = run_speed(tiny_settings(dtypes=["fp32", "bf16"]), tmp_path)
+    layer = [r for r in rows if r["bench"] == "layer"]
+    model = [r for r in rows if r["bench"] == "model"]
+    # rezero has no norm at the attn site, so only layernorm and dyt have layer rows: 2 x 2 dtypes x 2 modes.
+    assert {r["baseline"] for r in layer} == {"layernorm", "dyt"} and len(layer) == 8
+    assert all(r["time_ms"] > 0 and r["gb_per_s"] > 0 for r in layer)
+    assert all(r["time_vs_layernorm"] == 1.0 for r in layer if r["baseline"] == "layernorm")
+    assert len(model) == 3 * 2 and all(r["train_tokens_per_s"] > 0 and r["infer_tokens_per_s"] > 0 for r in model)
+    data = json.loads((tmp_path / "speed.json").read_text())
+    assert len(data["rows"]) == len(rows) and data["settings"]["tokens"] == 64
+    header = (tmp_path / "speed.csv").read_text().splitlines()[0].split(",")
+    assert {"baseline", "time_ms", "gb_per_s", "train_tokens_per_s", "time_vs_layernorm"} <= set(header)
+    assert (tmp_path / "speed.png").read_bytes()[:4] == b"\x89PNG"
+    assert "layer benchmark" in (tmp_path / "speed.md").read_text()
+
+
+def test_bandwidth_counts_bytes_moved():
+    rows = run_speed.__globals__["layer_rows"](tiny_settings(baselines=["layernorm"]))
+    fwd = next(r for r in rows if r["mode"] == "fwd")
+    # forward reads x and writes y: 2 * tokens * width * 4 bytes
+    assert fwd["gb_per_s"] == pytest.approx(2 * 64 * 32 * 4 / (fwd["time_ms"] / 1e3) / 1e9)
+
+
+def test_ratios_are_within_matching_settings():
+    rows = [{"bench": "layer", "baseline": "layernorm", "width": 8, "dtype": "fp32", "compiled": False,
+             "mode": "fwd", "time_ms": 2.0},
+            {"bench": "layer", "baseline": "dyt", "width": 8, "dtype": "fp32", "compiled": False, "mode": "fwd",
+             "time_ms": 1.0},
+            {"bench": "layer", "baseline": "dyt", "width": 8, "dtype": "fp32", "compiled": True, "mode": "fwd",
+             "time_ms": 1.0}]
+    add_ratios(rows)
+    assert rows[1]["time_vs_layernorm"] == 0.5
+    assert "time_vs_layernorm" not in rows[2]  # no compiled layernorm in this run: no ratio
+
+
+def test_compiled_layer_benchmark_reports_compile_time(tmp_path):
+    rows = run_speed(tiny_settings(baselines=["layernorm"], compile=True,
+                                   model_sizes=[]), tmp_path)
+    compiled = [r for r in rows if r["compiled"]]
+    assert compiled and all(r["compile_s"] > 0 for r in compiled)
+    assert all(r["compile_s"] == 0 for r in rows if not r["compiled"])
+
+
+def test_overhead_measures_both_sides_of_the_same_trial():
+    cfg = RunConfig(model=ModelConfig(d_model=16, n_layers=1, n_heads=2, context_length=16),
+                    data=DataConfig(batch_size=4, val_windows=4),
+                    train=TrainConfig(steps=10, warmup_steps=2, eval_interval=5, threads=1))
+    from normfree_bench.data import load_corpus
+
+    assert bare_loop(cfg, load_corpus(cfg.data)) > 0
+    result = measure_overhead(cfg, repeats=1)
+    assert result["steps"] == 10 and len(result["pairs"]) == 1
+    assert math.isfinite(result["ratio"]) and result["ratio"] > 0
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["speed", "--widths", "0", "--no-compile"], "--widths and --tokens must be positive"),
+    (["speed", "--baselines", "nope", "--no-compile"], "unknown baseline 'nope'"),
+    (["speed", "--overhead", "--suite", "nosuch"], "unknown suite 'nosuch'"),
+])
+def test_speed_bad_input(tmp_path, capsys, argv, fragment):
+    assert main([*argv, "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0]
