@@ -139,9 +139,13 @@ def compute_summary(trials: list[dict[str, Any]]) -> dict[str, Any]:
     def total(rows: list[dict[str, Any]], key: str) -> float:
         return float(sum(t.get(key) or 0 for t in rows))
 
+    wall = total(done, "wall_s")
     return {"complete_trials": len(done), "diverged_trials": len(diverged),
             "steps": int(total(done, "steps")), "diverged_steps": int(total(diverged, "steps")),
-            "train_s": round(total(done, "train_s"), 3), "diverged_train_s": round(total(diverged, "train_s"), 3)}
+            "train_s": round(total(done, "train_s"), 3), "diverged_train_s": round(total(diverged, "train_s"), 3),
+            "trial_wall_s": round(wall, 3),
+            # setup (model, Trainer), evaluation and I/O inside trials, as a share of their wall time
+            "outside_train_share": round(1 - total(done, "train_s") / wall, 4) if wall else None}
 
 
 def record_compute(run_dir: Path, trials: list[dict[str, Any]]) -> None:

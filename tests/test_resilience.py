@@ -104,13 +104,20 @@ def _running_after_one_complete(run_dir: Path) -> bool:
     return "COMPLETE" in states and any(t.state.name == "RUNNING" and "worker" in t.user_attrs for t in trials)
 
 
-def test_kill_9_then_resume_finishes_each_point_exactly_once(root, uninterrupted):
-    out = root / "killed"
+def interrupt_mid_trial(root: Path, name: str, sig: int) -> tuple[Path, str, subprocess.Popen[str]]:
+    """Start the `kill` sweep, send ``sig`` while a trial runs (one already finished); return
+    (run dir, config path, the ended process)."""
+    out = root / name
     cfg = str(config(root, "kill", steps=300))
     proc = cli("run", "--config", cfg, "--out", str(out), "--no-progress")
     wait_for(lambda: _running_after_one_complete(out))
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.send_signal(sig)
+    proc.wait(timeout=120)
+    return out, cfg, proc
+
+
+def test_kill_9_then_resume_finishes_each_point_exactly_once(root, uninterrupted):
+    out, cfg, _ = interrupt_mid_trial(root, "killed", signal.SIGKILL)
     before = study_trials(out)
     killed = [t for t in before if t.state.name == "RUNNING"]
     assert len(killed) == 1
@@ -127,12 +134,8 @@ def test_kill_9_then_resume_finishes_each_point_exactly_once(root, uninterrupted
 
 
 def test_ctrl_c_marks_the_trial_interrupted_writes_tables_and_resumes(root, uninterrupted):
-    out = root / "sigint"
-    cfg = str(config(root, "kill", steps=300))
-    proc = cli("run", "--config", cfg, "--out", str(out), "--no-progress")
-    wait_for(lambda: _running_after_one_complete(out))
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=120) == 130
+    out, cfg, proc = interrupt_mid_trial(root, "sigint", signal.SIGINT)
+    assert proc.returncode == 130
     assert "run the same command to resume" in proc.stderr.read()
     trials = study_trials(out)
     interrupted = [t for t in trials if t.user_attrs.get("interrupted")]
