@@ -23,8 +23,9 @@ From the NF code:
 - no weight decay on gains (the harness's 1-D rule).
 
 Adaptations (choices):
-- sigma_0^2, the variance of the embedding output at init, is measured from the initialised
-  embedding weights and starts the schedule.
+- sigma_0^2, the variance of the embedding output at init, is computed from the initialised
+  embedding weights (times the fan-in for the ViT's patch convolution, whose standardised input has
+  unit variance) and starts the schedule.
 - no norm at the attention and MLP sites. The final site divides by beta_{L+1} (a constant, no
   learned or per-token statistic), so the model stays norm-free; ``final: layernorm`` keeps a final
   LayerNorm instead (the OP block of He et al. 2024 keeps one).
@@ -129,9 +130,19 @@ class NF(Baseline):
 
     def expected_variances(self, model) -> list[float]:
         """The analytic stream variance entering each branch, then entering the final site."""
-        sigma0_sq = sum(float(w.detach().var()) for w in self._embedding_weights(model))
+        sigma0_sq = sum(self._output_variance(e) for e in model.embeddings())
         n_branches = 2 * model.config.n_layers
         return [sigma0_sq + k * self.hp["alpha"] ** 2 for k in range(n_branches + 1)]
+
+    @staticmethod
+    def _output_variance(embedding) -> float:
+        """Variance an embedding adds to the stream at init: a table's (or position tensor's) entries
+        directly, a patch convolution's weights times its fan-in (the images are standardised)."""
+        if isinstance(embedding, nn.Parameter):
+            return float(embedding.detach().var())
+        weight = embedding.weight.detach()
+        fan_in = weight[0].numel() if isinstance(embedding, nn.Conv2d) else 1
+        return fan_in * float(weight.var())
 
     @staticmethod
     def _embedding_weights(model) -> list[torch.Tensor]:

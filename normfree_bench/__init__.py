@@ -9,6 +9,7 @@ Usage::
 
 from normfree_bench.api import Baseline
 from normfree_bench.config import ModelConfig
+from normfree_bench.convert import convert
 from normfree_bench.model import Transformer, build_model
 from normfree_bench.registry import get_baseline, list_baselines, load_plugin, register_baseline
 
@@ -19,6 +20,7 @@ __all__ = [
     "ModelConfig",
     "Transformer",
     "build_model",
+    "convert",
     "get_baseline",
     "list_baselines",
     "load_plugin",

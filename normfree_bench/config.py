@@ -81,6 +81,11 @@ class ModelConfig:
         return int(self.mlp_ratio * self.d_model)
 
     @property
+    def initial_loss(self) -> float:
+        """l0: the loss of a uniform guess, ln(vocab) for the LM and ln(classes) for the ViT."""
+        return math.log(self.num_classes if self.task == "vit" else self.vocab_size)
+
+    @property
     def n_tokens(self) -> int:
         """Sequence length the blocks see: the context for the LM, the patch count for the ViT."""
         if self.task == "vit":
@@ -92,7 +97,10 @@ class ModelConfig:
 class DataConfig:
     """Where the text comes from and how it is batched."""
 
-    corpus: str = "stdlib"  # "stdlib" (the running Python's standard library) or a local file/folder
+    corpus: str = "stdlib"  # LM: "stdlib" (the running Python's standard library) or a local file/folder
+    dataset: str = "digits"  # ViT: digits (bundled with scikit-learn), cifar10 or imagefolder
+    root: str = ""  # ViT: where cifar10 / imagefolder data lie
+    download: bool = False  # ViT: allow torchvision to download CIFAR-10 into root
     batch_size: int = 16
     val_windows: int = 64  # fixed, seeded validation windows
     val_seed: int = 1234

@@ -24,9 +24,9 @@ from normfree_bench.metrics import LEADERBOARD_COLUMNS
 FORMATS = ("github", "psql", "latex", "html", "csv", "json")
 EDGE_NOTE = "* best LR at the edge of the grid: widen the grid to locate the optimum."
 # Columns a reader needs in a text table, in order; CSV/JSON carry every column.
-TEXT_COLUMNS = ("baseline", "best_val_loss", "best_val_loss_std", "best_lr", "lr_sensitivity", "diverged",
-                "max_stable_lr", "spiked", "lr_basin_decades", "steps_to_target", "tokens_per_s", "params",
-                "p_vs_layernorm")
+TEXT_COLUMNS = ("baseline", "best_val_loss", "best_val_loss_std", "best_val_accuracy", "best_lr", "lr_sensitivity",
+                "diverged", "max_stable_lr", "spiked", "lr_basin_decades", "steps_to_target", "tokens_per_s",
+                "params", "p_vs_layernorm")
 
 
 def table_columns(axes: Sequence[str], text: bool = False) -> list[str]:
@@ -47,6 +47,8 @@ def _fmt(column: str, value: Any, row: dict[str, Any]) -> str:
         return text
     if column in ("best_lr", "max_stable_lr"):
         return f"{value:.3g}" + ("*" if column == "best_lr" and row.get("best_lr_at_edge") else "")
+    if column == "best_val_accuracy":
+        return f"{100 * value:.1f}%"
     if column == "lr_sensitivity":
         return f"{value:.3f}"
     if column == "lr_basin_decades":
@@ -95,6 +97,8 @@ def render(rows: list[dict[str, Any]], fmt: str = "github", axes: Sequence[str] 
     if not rows:
         return "(no finished trials yet)"
     columns = [*extra, *table_columns(axes, text=True)]
+    if all(r.get("best_val_accuracy") is None for r in rows):  # language modelling: no accuracy column
+        columns.remove("best_val_accuracy")
     body = [[_fmt(c, r.get(c), r) for c in columns] for r in rows]
     table = tabulate(body, headers=columns, tablefmt=fmt, disable_numparse=True)
     if any(r.get("best_lr_at_edge") for r in rows) and fmt in ("github", "psql"):

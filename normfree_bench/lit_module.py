@@ -1,6 +1,9 @@
 """The LightningModule: loss, AdamW with warmup + cosine, the baseline's groups and clipping, the guard.
 
-Usage: ``module = LitLM(model, cfg.train, guard); trainer.fit(module, train_loader, val_loader)``
+Usage: ``module = LitModel(model, cfg.train, guard); trainer.fit(module, train_loader, val_loader)``
+
+One module for both heads: next-byte cross-entropy for the LM (perplexity at evaluation) and image
+classification for the ViT (accuracy at evaluation).
 
 Kept off the per-step hot path: no logger, no per-step file writes; on CUDA the guard reads each
 step's loss and gradient norm one step late (an asynchronous copy), so a non-finite step costs at
@@ -17,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from timm.scheduler import CosineLRScheduler
 from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.text import Perplexity
 
 from normfree_bench.config import FaultConfig, TrainConfig
@@ -24,8 +28,8 @@ from normfree_bench.guard import DivergenceGuard
 from normfree_bench.model import Transformer
 
 
-class LitLM(pl.LightningModule):
-    """Causal byte-level language modelling around a `Transformer` and its baseline."""
+class LitModel(pl.LightningModule):
+    """Training of a `Transformer` under its baseline: causal byte-level LM or ViT classification."""
 
     def __init__(self, model: Transformer, train_cfg: TrainConfig, guard: DivergenceGuard,
                  fault: FaultConfig | None = None) -> None:
@@ -36,10 +40,11 @@ class LitLM(pl.LightningModule):
         self.fault = fault or FaultConfig()
         # nan_strategy="disable": a NaN must reach the guard, never be silently dropped.
         self.val_loss = MeanMetric(nan_strategy="disable")
-        self.val_ppl = Perplexity()
+        self.classify = model.config.task == "vit"
+        self.val_metric = MulticlassAccuracy(model.config.num_classes) if self.classify else Perplexity()
         self.train_points: list[tuple[int, float, float]] = []  # (step, train_loss, grad_norm)
-        self.val_points: list[tuple[int, float, float]] = []  # (step, val_loss, val_perplexity)
-        self._ppl_updated = False
+        self.val_points: list[tuple[int, float, float]] = []  # (step, val_loss, perplexity or accuracy)
+        self._metric_updated = False
         self.last_grad_norm = torch.zeros(())
         self._pending: tuple[int, torch.Tensor] | None = None
 
@@ -69,8 +74,8 @@ class LitLM(pl.LightningModule):
 
     # ---- steps ---------------------------------------------------------------------------------
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model(x)  # (B, T, V)
-        return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten()), logits
+        logits = self.model(x)  # LM: (B, T, V); ViT: (B, classes)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.flatten()), logits
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, _ = self.loss(*batch)
@@ -112,13 +117,14 @@ class LitLM(pl.LightningModule):
         loss, logits = self.loss(x, y)
         self.val_loss.update(loss, weight=y.numel())
         if torch.isfinite(logits).all():
-            self.val_ppl.update(logits.float(), y)
-            self._ppl_updated = True
+            self.val_metric.update(logits.float(), y)
+            self._metric_updated = True
 
     def on_validation_epoch_end(self) -> None:
         val = float(self.val_loss.compute())
-        ppl = float(self.val_ppl.compute()) if self._ppl_updated else math.inf
+        fallback = 0.0 if self.classify else math.inf
+        metric = float(self.val_metric.compute()) if self._metric_updated else fallback
         self.val_loss.reset()
-        self.val_ppl.reset()
-        self._ppl_updated = False
-        self.val_points.append((self.global_step, val, ppl))
+        self.val_metric.reset()
+        self._metric_updated = False
+        self.val_points.append((self.global_step, val, metric))

@@ -32,6 +32,8 @@ the extra-axis values; the "grid" is the set of LRs tried in that cell):
   non-finite ``final_val_loss`` counts as exactly ``l0``.
 - per-LR loss: the mean over seeds of the capped loss at that LR.
 - ``best_lr``: the LR with the smallest per-LR loss; ties go to the smaller LR.
+- ``best_val_accuracy``: for classification runs (records with a finite
+  ``final_val_accuracy``), the mean over seeds at ``best_lr``; ``None`` otherwise.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ LEADERBOARD_COLUMNS: tuple[str, ...] = (
     "params",
     "p_vs_layernorm",
     "seeds",
+    "best_val_accuracy",
 )
 
 # Relative slack used when comparing means for ties and for the basin
@@ -316,6 +319,8 @@ def _cell_row(
     tps = [float(r.get("tokens_per_s", math.nan)) for r in ok]
     tps = [t for t in tps if math.isfinite(t)]
     params = [int(r["params"]) for r in recs if r.get("params") is not None]
+    accuracies = [float(r["final_val_accuracy"]) for r in at_best if r.get("final_val_accuracy") is not None
+                  and math.isfinite(float(r["final_val_accuracy"]))]
 
     row: dict[str, Any] = {"baseline": baseline}
     row.update(zip(axes, cell, strict=True))
@@ -338,6 +343,7 @@ def _cell_row(
         params=max(params) if params else None,
         p_vs_layernorm=None,
         seeds=n,
+        best_val_accuracy=float(np.mean(accuracies)) if accuracies else None,
     )
     return row, losses
 

@@ -19,12 +19,11 @@ import torch.nn.functional as F
 from timm.scheduler import CosineLRScheduler
 
 from normfree_bench.config import RunConfig
-from normfree_bench.data import Corpus, TrainWindows, load_corpus, val_batches
 from normfree_bench.model import build_model
-from normfree_bench.train import train_one
+from normfree_bench.train import TaskData, load_data, loaders, train_one
 
 
-def bare_loop(cfg: RunConfig, corpus: Corpus) -> float:
+def bare_loop(cfg: RunConfig, corpus: TaskData) -> float:
     """The same trial as `train_one`, as a plain PyTorch loop; returns its wall seconds."""
     t0 = time.perf_counter()
     tc = cfg.train
@@ -35,12 +34,13 @@ def bare_loop(cfg: RunConfig, corpus: Corpus) -> float:
     sched = CosineLRScheduler(opt, t_initial=max(1, tc.steps - tc.warmup_steps), lr_min=tc.lr * tc.min_lr_ratio,
                               warmup_t=tc.warmup_steps, warmup_lr_init=0.0, warmup_prefix=True, t_in_epochs=False)
     sched.step_update(0)
-    batches = iter(TrainWindows(corpus.train, cfg.model.context_length, cfg.data.batch_size, seed=tc.seed))
-    val = val_batches(corpus, cfg.model.context_length, cfg.data)
+    train_loader, val_loader = loaders(cfg, corpus)
+    batches = iter(train_loader)
     model.train()
     for step in range(1, tc.steps + 1):
         x, y = next(batches)
-        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        logits = model(x)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.flatten())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         model.baseline.clip_gradients(model, tc.grad_clip)
@@ -49,12 +49,13 @@ def bare_loop(cfg: RunConfig, corpus: Corpus) -> float:
         if step % tc.eval_interval == 0 or step == tc.steps:
             model.eval()
             with torch.no_grad():
-                sum(F.cross_entropy(model(vx).flatten(0, 1), vy.flatten()).item() for vx, vy in val)
+                sum(F.cross_entropy(model(vx).reshape(-1, logits.shape[-1]), vy.flatten()).item()
+                    for vx, vy in val_loader)
             model.train()
     return time.perf_counter() - t0
 
 
-def harness_trial(cfg: RunConfig, corpus: Corpus) -> float:
+def harness_trial(cfg: RunConfig, corpus: TaskData) -> float:
     t0 = time.perf_counter()
     train_one(cfg, corpus=corpus)
     return time.perf_counter() - t0
@@ -64,7 +65,7 @@ def measure_overhead(cfg: RunConfig, repeats: int = 3) -> dict[str, Any]:
     """Alternate harness and bare runs ``repeats`` times; return medians and the median ratio."""
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
-    corpus = load_corpus(cfg.data)
+    corpus = load_data(cfg)
     harness_trial(cfg, corpus)  # warm-up: imports, allocator, first Trainer
     pairs = []
     for _ in range(repeats):

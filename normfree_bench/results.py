@@ -21,9 +21,9 @@ from normfree_bench.leaderboard import render, table_columns
 from normfree_bench.metrics import summarize
 
 TRIAL_COLUMNS = ("trial", "baseline", "lr", "seed", "status", "value", "final_val_loss", "best_val_loss",
-                 "final_val_perplexity", "diverged", "diverged_step", "diverged_reason", "spiked", "n_spikes",
-                 "max_train_loss", "steps", "tokens", "tokens_per_s", "wall_s", "train_s", "eval_s", "params",
-                 "error")
+                 "final_val_perplexity", "final_val_accuracy", "diverged", "diverged_step", "diverged_reason",
+                 "spiked", "n_spikes", "max_train_loss", "steps", "tokens", "tokens_per_s", "wall_s", "train_s",
+                 "eval_s", "params", "error")
 CURVE_COLUMNS = ("trial", "baseline", "lr", "seed", "step", "train_loss", "val_loss", "grad_norm")
 
 
@@ -37,6 +37,13 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     if "run_name" not in record or "storage" not in record:
         raise UserError(f"{path} is not a run's config.yaml (no run_name/storage); it may be a `train` output")
     return record
+
+
+def run_l0(record: dict[str, Any]) -> float:
+    """The run's initial loss l0: ln(vocab) for the LM, ln(classes) for the ViT."""
+    from normfree_bench.config import ModelConfig, build_dataclass
+
+    return build_dataclass(ModelConfig, record["model"], "model").initial_loss
 
 
 def run_axes(record: dict[str, Any]) -> list[str]:
@@ -104,7 +111,7 @@ def leaderboard_rows(record: dict[str, Any], records: list[dict]) -> list[dict[s
     if not records:
         return []
     sweep = record.get("sweep", {})
-    l0 = math.log(record["model"]["vocab_size"])
+    l0 = run_l0(record)
     return summarize(records, l0, axes=run_axes(record), tol=sweep.get("basin_tol", 0.05),
                      target=sweep.get("target_loss"))
 
@@ -126,7 +133,7 @@ def write_results(run_dir: Path, plots: bool = True, storage_url: str | None = N
     if plots and records:
         from normfree_bench.plots import plot_all
 
-        plot_all(records_with_full_curves(records, trials, curves), rows, math.log(record["model"]["vocab_size"]),
+        plot_all(records_with_full_curves(records, trials, curves), rows, run_l0(record),
                  run_dir / "plots", axes)
     return rows
 

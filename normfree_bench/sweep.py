@@ -30,13 +30,13 @@ import optuna
 from tqdm import tqdm
 
 from normfree_bench.config import ModelConfig, RunConfig, build_dataclass, config_hash, read_yaml
-from normfree_bench.data import check_split_size, load_corpus
+from normfree_bench.data import check_split_size
 from normfree_bench.errors import UserError
 from normfree_bench.io import write_json, write_yaml
 from normfree_bench.provenance import collect_provenance
 from normfree_bench.registry import get_baseline, list_baselines
 from normfree_bench.storage import JOURNAL, open_storage, redact, resolve_storage
-from normfree_bench.train import resolve_device
+from normfree_bench.train import data_identity, load_data, resolve_device
 from normfree_bench.worker import ResumableGridSampler, is_done, optimize_study, point_of
 
 CONFIG_FILE = "config.yaml"
@@ -167,7 +167,10 @@ def preflight(cfg: RunConfig, baselines: list[str]) -> None:
 
     from normfree_bench.model import build_model
 
-    ids = torch.zeros(1, min(8, cfg.model.context_length), dtype=torch.long)
+    if cfg.model.task == "vit":
+        ids = torch.zeros(1, cfg.model.in_chans, cfg.model.image_size, cfg.model.image_size)
+    else:
+        ids = torch.zeros(1, min(8, cfg.model.context_length), dtype=torch.long)
     for name in baselines:
         try:
             with torch.no_grad():
@@ -187,19 +190,21 @@ def run_sweep(cfg: RunConfig, run_dir: Path, *, storage_url: str | None = None, 
     device = resolve_device(cfg.train.device)
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
-    corpus = load_corpus(cfg.data)  # fail on a bad or too small corpus before anything is written
+    data = load_data(cfg)  # fail on bad or too little data before anything is written
     longest = max([cfg.model.context_length, *cfg.sweep.axes.get("model.context_length", [])])
-    for split in ("train", "val"):
-        check_split_size(len(getattr(corpus, split)), longest, split)
+    if cfg.model.task == "lm":
+        for split in ("train", "val"):
+            check_split_size(len(getattr(data, split)), longest, split)
+    fingerprint, source = data_identity(data)
     preflight(cfg, baselines)
     storage = open_storage(storage_url) if storage_url else None
     record = prepare_run_dir(cfg, run_dir, storage_url, force_new, workers)
     url = resolve_storage(record, run_dir, storage_url)
     storage = storage or open_storage(url)
-    provenance = collect_provenance(device, corpus.sha256, corpus.meta.get("source", {}).get("description", ""))
+    provenance = collect_provenance(device, fingerprint, source)
     provenance["storage"] = redact(url)
     write_json(run_dir / "provenance.json", provenance)
-    studies = {b: create_study(storage, record["run_name"], cfg, b, corpus.sha256) for b in baselines}
+    studies = {b: create_study(storage, record["run_name"], cfg, b, fingerprint) for b in baselines}
     spaces = {b: search_space(cfg, b) for b in baselines}
     total = sum(grid_size(s) for s in spaces.values())
     done = sum(min(done_points(studies[b]), grid_size(spaces[b])) for b in baselines)

@@ -21,14 +21,16 @@ import torch
 from torch.utils.data import DataLoader
 
 from normfree_bench.config import RunConfig
-from normfree_bench.data import Corpus, TrainWindows, load_corpus, val_batches
+from normfree_bench.data import Corpus, TrainWindows, check_split_size, load_corpus, val_batches
 from normfree_bench.errors import UserError
 from normfree_bench.guard import DivergenceGuard
 from normfree_bench.io import write_csv, write_json, write_yaml
-from normfree_bench.lit_module import LitLM
+from normfree_bench.lit_module import LitModel
 from normfree_bench.model import build_model
+from normfree_bench.vision_data import ImageData, TrainImages, load_images, val_image_batches
 
-CURVE_COLUMNS = ("step", "train_loss", "val_loss", "grad_norm", "val_perplexity")
+CURVE_COLUMNS = ("step", "train_loss", "val_loss", "grad_norm", "val_perplexity", "val_accuracy")
+TaskData = Corpus | ImageData
 
 
 @dataclass
@@ -41,7 +43,8 @@ class RunResult:
     l0: float
     final_val_loss: float
     best_val_loss: float
-    final_val_perplexity: float
+    final_val_perplexity: float  # LM (nan for the ViT)
+    final_val_accuracy: float  # ViT (nan for the LM)
     diverged: bool
     diverged_step: int | None
     diverged_reason: str
@@ -104,17 +107,46 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
-def merge_curve(module: LitLM) -> list[dict[str, float]]:
+def merge_curve(module: LitModel) -> list[dict[str, float]]:
     """One row per logged step, with NaN where a quantity was not measured at that step."""
     rows: dict[int, dict[str, float]] = {}
     for step, loss, grad_norm in module.train_points:
         rows.setdefault(step, {"step": step}).update(train_loss=loss, grad_norm=grad_norm)
-    for step, val, ppl in module.val_points:
-        rows.setdefault(step, {"step": step}).update(val_loss=val, val_perplexity=ppl)
+    metric = "val_accuracy" if module.classify else "val_perplexity"
+    for step, val, value in module.val_points:
+        rows.setdefault(step, {"step": step}).update({"val_loss": val, metric: value})
     return [{c: rows[s].get(c, math.nan) for c in CURVE_COLUMNS} for s in sorted(rows)]
 
 
-def train_one(cfg: RunConfig, *, corpus: Corpus | None = None, callbacks: list[pl.Callback] | None = None,
+def load_data(cfg: RunConfig) -> TaskData:
+    """The run's data, checked: the text corpus for the LM, the images for the ViT."""
+    if cfg.model.task == "vit":
+        return load_images(cfg.data, cfg.model)
+    corpus = load_corpus(cfg.data)
+    for split in ("train", "val"):
+        check_split_size(len(getattr(corpus, split)), cfg.model.context_length, split)
+    return corpus
+
+
+def data_identity(data: TaskData) -> tuple[str, str]:
+    """(fingerprint, description) of the data, for provenance and for workers to compare."""
+    if isinstance(data, ImageData):
+        return data.fingerprint, data.source
+    return data.sha256, data.meta.get("source", {}).get("description", "")
+
+
+def loaders(cfg: RunConfig, data: TaskData) -> tuple[DataLoader, DataLoader]:
+    """(endless seeded training batches, fixed validation batches)."""
+    bs, seed = cfg.data.batch_size, cfg.train.seed
+    if isinstance(data, ImageData):
+        return (DataLoader(TrainImages(data.train, bs, seed=seed), batch_size=None),
+                DataLoader(val_image_batches(data.val, bs), batch_size=None))
+    context = cfg.model.context_length
+    return (DataLoader(TrainWindows(data.train, context, bs, seed=seed), batch_size=None),
+            DataLoader(val_batches(data, context, cfg.data), batch_size=None))
+
+
+def train_one(cfg: RunConfig, *, corpus: TaskData | None = None, callbacks: list[pl.Callback] | None = None,
               progress_bar: bool = False) -> RunResult:
     """Train ``cfg.baseline`` once with ``cfg``; never raises for divergence (that is a result)."""
     t_start = time.perf_counter()
@@ -123,17 +155,14 @@ def train_one(cfg: RunConfig, *, corpus: Corpus | None = None, callbacks: list[p
     precision = resolve_precision(cfg.train.precision, device)
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
-    corpus = corpus if corpus is not None else load_corpus(cfg.data)
-    context = cfg.model.context_length
-    val_loader = DataLoader(val_batches(corpus, context, cfg.data), batch_size=None)
-    train_loader = DataLoader(TrainWindows(corpus.train, context, cfg.data.batch_size, seed=cfg.train.seed),
-                              batch_size=None)
+    data = corpus if corpus is not None else load_data(cfg)
+    train_loader, val_loader = loaders(cfg, data)
 
     pl.seed_everything(cfg.train.seed, verbose=False)
     model = build_model(cfg.baseline, cfg.model, **cfg.baseline_hparams())
-    guard = DivergenceGuard(l0=math.log(cfg.model.vocab_size), margin=cfg.guard.margin,
+    guard = DivergenceGuard(l0=cfg.model.initial_loss, margin=cfg.guard.margin,
                             patience=cfg.guard.patience)
-    module = LitLM(model, cfg.train, guard, cfg.fault)
+    module = LitModel(model, cfg.train, guard, cfg.fault)
     timer = _EvalTimer()
     trainer = pl.Trainer(
         accelerator="gpu" if device == "cuda" else "cpu", devices=1, precision=precision,
@@ -156,15 +185,17 @@ def train_one(cfg: RunConfig, *, corpus: Corpus | None = None, callbacks: list[p
 
     vals = [v for _, v, _ in module.val_points]
     final_val = vals[-1] if vals else math.nan
-    final_ppl = module.val_points[-1][2] if vals else math.nan
+    final_metric = module.val_points[-1][2] if vals else math.nan
     guard.finish(final_val, steps)
     finite_vals = [v for v in vals if math.isfinite(v)]
     train_s = max(fit_s - timer.eval_s, 1e-9)
-    tokens = steps * cfg.data.batch_size * context
+    tokens = steps * cfg.data.batch_size * cfg.model.n_tokens  # ViT: patches
     return RunResult(
         baseline=cfg.baseline, lr=cfg.train.lr, seed=cfg.train.seed, l0=guard.l0,
         final_val_loss=final_val, best_val_loss=min(finite_vals) if finite_vals else math.nan,
-        final_val_perplexity=final_ppl, diverged=guard.diverged, diverged_step=guard.diverged_step,
+        final_val_perplexity=math.nan if module.classify else final_metric,
+        final_val_accuracy=final_metric if module.classify else math.nan, diverged=guard.diverged,
+        diverged_step=guard.diverged_step,
         diverged_reason=guard.reason, spiked=guard.spiked, spikes=[asdict(s) for s in guard.spikes],
         max_train_loss=guard.max_loss, steps=steps, tokens=tokens, tokens_per_s=tokens / train_s,
         wall_s=time.perf_counter() - t_start, train_s=train_s, eval_s=timer.eval_s,

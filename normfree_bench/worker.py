@@ -26,9 +26,8 @@ import optuna
 from optuna.trial import TrialState
 
 from normfree_bench.config import RunConfig, build_dataclass
-from normfree_bench.data import load_corpus
 from normfree_bench.errors import UserError
-from normfree_bench.train import RunResult, train_one
+from normfree_bench.train import RunResult, data_identity, load_data, train_one
 
 Point = tuple[tuple[str, Any], ...]
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
@@ -132,7 +131,7 @@ class Objective:
     def __init__(self, cfg: RunConfig, baseline: str, space: dict[str, list[Any]],
                  on_start: Callable[[str], None] | None = None) -> None:
         self.cfg, self.baseline, self.space, self.on_start = cfg, baseline, space, on_start
-        self.corpus = load_corpus(cfg.data)
+        self.data = load_data(cfg)
 
     def __call__(self, trial: optuna.Trial) -> float:
         from normfree_bench.sweep import trial_config
@@ -149,7 +148,7 @@ class Objective:
         if self.on_start is not None:
             self.on_start(f"{self.baseline} lr={params['lr']:.2g} seed={params['seed']}")
         try:
-            result = train_one(trial_config(self.cfg, self.baseline, params), corpus=self.corpus)
+            result = train_one(trial_config(self.cfg, self.baseline, params), corpus=self.data)
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", True)
             raise
@@ -213,11 +212,11 @@ def work_on_run(storage: optuna.storages.BaseStorage, run_name: str, threads: in
     for study in run_studies(storage, run_name):
         cfg, baseline, space = study_spec(study)
         get_baseline(baseline)
-        corpus = load_corpus(cfg.data)
+        fingerprint, source = data_identity(load_data(cfg))
         expected = study.user_attrs.get("corpus_sha256")
-        if expected and corpus.sha256 != expected:
-            raise UserError(f"this machine's corpus ({cfg.data.corpus}, sha256 {corpus.sha256[:12]}) differs from "
-                            f"the run's ({expected[:12]}); every worker must train on the same text")
+        if expected and fingerprint != expected:
+            raise UserError(f"this machine's data ({source}, sha256 {fingerprint[:12]}) differs from "
+                            f"the run's ({expected[:12]}); every worker must train on the same data")
         if threads:
             torch.set_num_threads(threads)
             cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))

@@ -87,11 +87,11 @@ def test_exploding_lr_is_recorded_as_diverged_with_its_step():
 
 
 def test_fixup_lr_scale_reaches_the_optimizer():
-    from normfree_bench.lit_module import LitLM
+    from normfree_bench.lit_module import LitModel
     from normfree_bench.model import build_model
 
     cfg = small_run("fixup")
-    module = LitLM(build_model("fixup", cfg.model), cfg.train, DivergenceGuard(l0=L0))
+    module = LitModel(build_model("fixup", cfg.model), cfg.train, DivergenceGuard(l0=L0))
     opt = module.configure_optimizers()
     sched = opt["lr_scheduler"]["scheduler"]
     sched.step_update(num_updates=cfg.train.warmup_steps)

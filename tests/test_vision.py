@@ -1,0 +1,92 @@
+"""The ViT task: scikit-learn's digits offline, local image folders, CIFAR-10's missing-data message,
+real training with torchmetrics accuracy, and the vision-smoke suite end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from normfree_bench.cli import main
+from normfree_bench.config import DataConfig, GuardConfig, ModelConfig, RunConfig, TrainConfig
+from normfree_bench.errors import UserError
+from normfree_bench.train import train_one
+from normfree_bench.vision_data import TrainImages, load_images, val_image_batches
+
+DIGITS_MODEL = ModelConfig(task="vit", d_model=32, n_layers=2, n_heads=4, image_size=8, patch_size=2, in_chans=1,
+                           num_classes=10)
+
+
+def test_digits_split_is_fixed_stratified_and_standardised():
+    data = load_images(DataConfig(dataset="digits"), DIGITS_MODEL)
+    (x_tr, _), (x_va, y_va) = data.train, data.val
+    assert x_tr.shape == (1437, 1, 8, 8) and x_va.shape == (360, 1, 8, 8)
+    assert data.num_classes == 10
+    assert np.bincount(y_va.numpy()).min() >= 35  # stratified: every digit ~36 times in validation
+    assert abs(float(x_tr.mean())) < 1e-4 and abs(float(x_tr.std()) - 1) < 1e-2
+    again = load_images(DataConfig(dataset="digits"), DIGITS_MODEL)
+    assert again.fingerprint == data.fingerprint
+
+
+def test_train_batches_are_seeded_and_validation_is_the_whole_split():
+    data = load_images(DataConfig(dataset="digits"), DIGITS_MODEL)
+    a, b = next(iter(TrainImages(data.train, 16, seed=3))), next(iter(TrainImages(data.train, 16, seed=3)))
+    assert a[0].shape == (16, 1, 8, 8) and bool((a[1] == b[1]).all())
+    assert sum(len(y) for _, y in val_image_batches(data.val, 64)) == 360
+
+
+def test_model_shape_mismatch_is_bad_input():
+    with pytest.raises(UserError, match="set model.num_classes: 10"):
+        load_images(DataConfig(dataset="digits"), ModelConfig(task="vit", num_classes=3))
+    with pytest.raises(UserError, match="model.image_size: 8"):
+        load_images(DataConfig(dataset="digits"), ModelConfig(task="vit", image_size=16, patch_size=4))
+    with pytest.raises(UserError, match="valid: digits, cifar10, imagefolder"):
+        load_images(DataConfig(dataset="mnist"), DIGITS_MODEL)
+
+
+def test_cifar10_missing_says_what_to_put_where(tmp_path):
+    with pytest.raises(UserError, match=r"put the extracted cifar-10-batches-py/ folder there"):
+        load_images(DataConfig(dataset="cifar10", root=str(tmp_path)),
+                    ModelConfig(task="vit", image_size=32, patch_size=4, in_chans=3, num_classes=10))
+
+
+def test_image_folder(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("val", 2)):
+        for label in ("cat", "dog"):
+            (tmp_path / split / label).mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 255, (8, 8), dtype=np.uint8)
+                Image.fromarray(pixels, mode="L").save(tmp_path / split / label / f"{i}.png")
+    model = ModelConfig(task="vit", image_size=8, patch_size=2, in_chans=1, num_classes=2, d_model=16, n_heads=2)
+    data = load_images(DataConfig(dataset="imagefolder", root=str(tmp_path)), model)
+    assert data.train[0].shape == (12, 1, 8, 8) and data.val[0].shape == (4, 1, 8, 8)
+    with pytest.raises(UserError, match="must hold train/<class>/ and val/<class>/"):
+        load_images(DataConfig(dataset="imagefolder", root=str(tmp_path / "train")), model)
+
+
+@pytest.mark.parametrize("baseline", ["layernorm", "nf"])
+def test_vit_trains_on_digits_with_accuracy(baseline):
+    cfg = RunConfig(baseline=baseline, model=DIGITS_MODEL, data=DataConfig(dataset="digits", batch_size=64),
+                    train=TrainConfig(steps=60, lr=1e-2, warmup_steps=6, eval_interval=30, threads=2),
+                    guard=GuardConfig(patience=20))
+    result = train_one(cfg)
+    assert result.l0 == pytest.approx(math.log(10))
+    assert not result.diverged and result.final_val_loss < math.log(10) - 0.3
+    assert 0.3 < result.final_val_accuracy <= 1.0 and math.isnan(result.final_val_perplexity)
+    assert result.tokens == 60 * 64 * 16  # 16 patches per 8x8 image
+
+
+def test_vision_smoke_suite_end_to_end(tmp_path, capsys):
+    out = tmp_path / "vs"
+    assert main(["run", "--suite", "vision-smoke", "--out", str(out), "--no-progress"]) == 0
+    rows = json.loads((out / "leaderboard.json").read_text())
+    assert len(rows) == len({r["baseline"] for r in rows}) >= 7
+    assert all(0.0 <= r["best_val_accuracy"] <= 1.0 for r in rows)
+    assert all(r["best_val_loss"] <= math.log(10) + 1e-9 for r in rows)  # capped at l0 = ln 10
+    assert "best_val_accuracy" in capsys.readouterr().out
+    assert "final_val_accuracy" in (out / "trials.csv").read_text().splitlines()[0]
