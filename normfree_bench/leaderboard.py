@@ -29,6 +29,17 @@ TEXT_COLUMNS = ("baseline", "best_val_loss", "best_val_loss_std", "best_val_accu
                 "params", "p_vs_layernorm")
 
 
+NUMBER_FORMATS: dict[str, Any] = {
+    "best_val_accuracy": lambda v: f"{100 * v:.1f}%",
+    "lr_sensitivity": "{:.3f}".format,
+    "lr_basin_decades": "{:.2f}".format,
+    "steps_to_target": "{:.0f}".format,
+    "tokens_per_s": "{:,.0f}".format,
+    "params": lambda v: f"{int(v):,}",
+    "p_vs_layernorm": "{:.3g}".format,
+}
+
+
 def table_columns(axes: Sequence[str], text: bool = False) -> list[str]:
     base = TEXT_COLUMNS if text else LEADERBOARD_COLUMNS
     cols = list(base)
@@ -47,20 +58,10 @@ def _fmt(column: str, value: Any, row: dict[str, Any]) -> str:
         return text
     if column in ("best_lr", "max_stable_lr"):
         return f"{value:.3g}" + ("*" if column == "best_lr" and row.get("best_lr_at_edge") else "")
-    if column == "best_val_accuracy":
-        return f"{100 * value:.1f}%"
-    if column == "lr_sensitivity":
-        return f"{value:.3f}"
-    if column == "lr_basin_decades":
-        return f"{value:.2f}"
-    if column == "steps_to_target":
-        return "∞" if math.isinf(value) else f"{value:.0f}"
-    if column == "tokens_per_s":
-        return f"{value:,.0f}"
-    if column == "params":
-        return f"{int(value):,}"
-    if column == "p_vs_layernorm":
-        return f"{value:.3g}"
+    if column == "steps_to_target" and math.isinf(value):
+        return "∞"
+    if column in NUMBER_FORMATS:
+        return NUMBER_FORMATS[column](value)
     return str(value)
 
 
