@@ -31,3 +31,12 @@ def test_readme_quickstart_commands_exist():
         assert f"make {target}" in text and f"\n{target}:" in makefile
     ci = (README.parent / ".ci" / "run").read_text()
     assert "make test" in ci
+
+
+def test_readme_convert_example_prints_its_report():
+    section = README.read_text().split("## Vision", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    expected = re.search(r"print\(report\)  # (.*)", code).group(1)
+    assert out.stdout.strip() == expected
