@@ -140,8 +140,3 @@ def get_baseline(name: str) -> type[Baseline]:
         raise BaselinePluginError(did_you_mean(name, _REGISTRY, "baseline"))
     return _REGISTRY[name]
 
-
-def baseline_source(name: str) -> str:
-    """The file that registered ``name``."""
-    get_baseline(name)
-    return _SOURCES[name]

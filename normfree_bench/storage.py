@@ -34,10 +34,6 @@ def redact(url: str | None) -> str | None:
     return _PASSWORD.sub(r"\1***\3", url) if url else url
 
 
-def has_password(url: str | None) -> bool:
-    return bool(url and _PASSWORD.search(url))
-
-
 def resolve_storage(record: dict[str, Any], run_dir: Path, given: str | None = None) -> str:
     """The storage URL of a run: ``given`` (--storage), else the one recorded in config.yaml, where
     ``null`` means the run directory's own study.db and ``journal`` its own study.journal, so a moved or
