@@ -11,11 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from normfree_bench.config import ModelConfig
-from normfree_bench.model import Transformer, build_model
+from normfree_bench.model import Transformer, build_model, task_loss
 
 NORM_CLASSES = (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm, nn.BatchNorm1d)
 
@@ -38,7 +37,7 @@ def tiny_batch(config: ModelConfig, batch: int = 4, seed: int = 0) -> torch.Tens
 
 def lm_loss(model: Transformer, ids: torch.Tensor) -> torch.Tensor:
     logits = model(ids[:, :-1])
-    return F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
+    return task_loss(logits, ids[:, 1:])
 
 
 def check_forward(model: Transformer, ids: torch.Tensor) -> str:

@@ -50,6 +50,7 @@ from normfree_bench.api import Baseline
 from normfree_bench.config import ModelConfig
 from normfree_bench.errors import UserError
 from normfree_bench.layers import Residual
+from normfree_bench.model import block_branch_linears
 
 __all__ = ["ConversionReport", "ConvertedBlock", "TimmView", "convert"]
 
@@ -156,14 +157,7 @@ class TimmView:
     def branch_linears(self) -> Iterator[tuple[int, str, nn.Linear]]:
         """(layer_idx, role, linear): ``qkv`` (attn.qkv), ``attn_out`` (attn.proj), ``mlp_in`` (fc1,
         or SwiGLU's fc1_g and fc1_x), ``mlp_out`` (fc2), as `Transformer.branch_linears`."""
-        for view in self.blocks:
-            attn, mlp = view.attn, view.mlp
-            yield view.layer_idx, "qkv", attn.qkv
-            yield view.layer_idx, "attn_out", attn.proj
-            for name in ("fc1", "fc1_g", "fc1_x"):
-                if hasattr(mlp, name):
-                    yield view.layer_idx, "mlp_in", getattr(mlp, name)
-            yield view.layer_idx, "mlp_out", mlp.fc2
+        return block_branch_linears(self.blocks)
 
     def embeddings(self) -> list[nn.Module | nn.Parameter]:
         """The patch projection, the learned positions and the class / register / distillation tokens."""

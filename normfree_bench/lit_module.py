@@ -17,7 +17,6 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 from timm.scheduler import CosineLRScheduler
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
@@ -25,7 +24,7 @@ from torchmetrics.text import Perplexity
 
 from normfree_bench.config import FaultConfig, TrainConfig
 from normfree_bench.guard import DivergenceGuard
-from normfree_bench.model import Transformer
+from normfree_bench.model import Transformer, task_loss
 
 
 class LitModel(pl.LightningModule):
@@ -75,7 +74,7 @@ class LitModel(pl.LightningModule):
     # ---- steps ---------------------------------------------------------------------------------
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.model(x)  # LM: (B, T, V); ViT: (B, classes)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.flatten()), logits
+        return task_loss(logits, y), logits
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, _ = self.loss(*batch)

@@ -19,7 +19,7 @@ and the baseline initialises the finished model (``Baseline.init_``). Block::
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -46,6 +46,26 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     T = x.shape[-2]
     cos, sin = cos[:T], sin[:T]
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).to(x.dtype)
+
+
+def task_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy in fp32 for either head: LM logits (B, T, V) with targets (B, T), or ViT logits
+    (B, classes) with targets (B,)."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.flatten())
+
+
+def block_branch_linears(blocks: Iterable[Any]) -> Iterator[tuple[int, str, nn.Linear]]:
+    """Every linear layer inside the residual branches of ``blocks`` (each with ``layer_idx``,
+    ``attn.qkv``, ``attn.proj`` and an MLP with ``fc1`` or SwiGLU's ``fc1_g``/``fc1_x``, and ``fc2``),
+    as (layer_idx, role); roles ``qkv``, ``attn_out``, ``mlp_in``, ``mlp_out``."""
+    for block in blocks:
+        i, mlp = block.layer_idx, block.mlp
+        yield i, "qkv", block.attn.qkv
+        yield i, "attn_out", block.attn.proj
+        for name in ("fc1", "fc1_g", "fc1_x"):
+            if hasattr(mlp, name):
+                yield i, "mlp_in", getattr(mlp, name)
+        yield i, "mlp_out", mlp.fc2
 
 
 class Attention(nn.Module):
@@ -123,14 +143,7 @@ class Transformer(nn.Module):
         Roles: ``qkv`` and ``attn_out`` (attention), ``mlp_in`` (fc1, or both SwiGLU inputs) and
         ``mlp_out``. Baselines use this for depth-dependent inits instead of matching names.
         """
-        for block in self.blocks:
-            i, mlp = block.layer_idx, block.mlp
-            yield i, "qkv", block.attn.qkv
-            yield i, "attn_out", block.attn.proj
-            for name in ("fc1", "fc1_g", "fc1_x"):
-                if hasattr(mlp, name):
-                    yield i, "mlp_in", getattr(mlp, name)
-            yield i, "mlp_out", mlp.fc2
+        return block_branch_linears(self.blocks)
 
     def embeddings(self) -> list[nn.Module | nn.Parameter]:
         """The input embedding weights (token or patch) and the learned positions, if any."""

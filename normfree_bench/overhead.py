@@ -15,11 +15,10 @@ import time
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from timm.scheduler import CosineLRScheduler
 
 from normfree_bench.config import RunConfig
-from normfree_bench.model import build_model
+from normfree_bench.model import build_model, task_loss
 from normfree_bench.train import TaskData, load_data, loaders, train_one
 
 
@@ -39,8 +38,7 @@ def bare_loop(cfg: RunConfig, corpus: TaskData) -> float:
     model.train()
     for step in range(1, tc.steps + 1):
         x, y = next(batches)
-        logits = model(x)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.flatten())
+        loss = task_loss(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         model.baseline.clip_gradients(model, tc.grad_clip)
@@ -49,8 +47,7 @@ def bare_loop(cfg: RunConfig, corpus: TaskData) -> float:
         if step % tc.eval_interval == 0 or step == tc.steps:
             model.eval()
             with torch.no_grad():
-                sum(F.cross_entropy(model(vx).reshape(-1, logits.shape[-1]), vy.flatten()).item()
-                    for vx, vy in val_loader)
+                sum(task_loss(model(vx), vy).item() for vx, vy in val_loader)
             model.train()
     return time.perf_counter() - t0
 

@@ -26,13 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.benchmark import Timer
 
 from normfree_bench.config import ModelConfig
 from normfree_bench.io import atomic_write_text, write_csv, write_json
-from normfree_bench.model import build_model
+from normfree_bench.model import build_model, task_loss
 from normfree_bench.registry import get_baseline
 
 # Peak dense bf16 tensor FLOP/s and HBM bandwidth of GPUs we know, for MFU and % of peak bandwidth.
@@ -91,7 +90,7 @@ def norm_forward_backward(m: nn.Module, x: torch.Tensor, dy: torch.Tensor, devic
 def train_step(m: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, device_type: str,
                amp: bool) -> None:
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
-        loss = F.cross_entropy(m(x).flatten(0, 1).float(), y.flatten())
+        loss = task_loss(m(x), y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
