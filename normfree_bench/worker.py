@@ -85,17 +85,22 @@ def is_done(trial: optuna.trial.FrozenTrial) -> bool:
     return trial.state == TrialState.FAIL and "error" in trial.user_attrs and not trial.user_attrs.get("interrupted")
 
 
+def mark_interrupted(study: optuna.Study, trial: optuna.trial.FrozenTrial, why: str) -> None:
+    """Fail a RUNNING trial as interrupted, so that a resume runs its grid point again."""
+    storage = study._storage
+    storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+    storage.set_trial_user_attr(trial._trial_id, "error", why)
+    try:
+        storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+    except RuntimeError:  # finished meanwhile
+        pass
+
+
 def recover(study: optuna.Study) -> None:
     """Fail the dead workers' RUNNING trials and enqueue every interrupted point not yet done or queued."""
-    storage = study._storage
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if not worker_alive(t.user_attrs.get("worker")):
-            storage.set_trial_user_attr(t._trial_id, "interrupted", True)
-            storage.set_trial_user_attr(t._trial_id, "error", "interrupted: its worker process is gone")
-            try:
-                storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
-            except RuntimeError:  # finished meanwhile
-                pass
+            mark_interrupted(study, t, "interrupted: its worker process is gone")
     trials = study.get_trials(deepcopy=False)
     taken = {point_of(params_of(t)) for t in trials
              if is_done(t) or t.state in (TrialState.RUNNING, TrialState.WAITING)}
@@ -134,9 +139,16 @@ class Objective:
         self.data = load_data(cfg)
 
     def __call__(self, trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", WORKER)
+        try:
+            return self._run(trial)
+        except KeyboardInterrupt:  # wherever Ctrl-C lands: suggesting, training or storing the result
+            trial.set_user_attr("interrupted", True)
+            raise
+
+    def _run(self, trial: optuna.Trial) -> float:
         from normfree_bench.sweep import trial_config
 
-        trial.set_user_attr("worker", WORKER)
         params = {name: trial.suggest_categorical(name, values) for name, values in self.space.items()}
         key = point_of(params)
         for other in trial.study.get_trials(deepcopy=False):
@@ -149,9 +161,6 @@ class Objective:
             self.on_start(f"{self.baseline} lr={params['lr']:.2g} seed={params['seed']}")
         try:
             result = train_one(trial_config(self.cfg, self.baseline, params), corpus=self.data)
-        except KeyboardInterrupt:
-            trial.set_user_attr("interrupted", True)
-            raise
         except Exception as exc:
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
             raise
@@ -173,8 +182,14 @@ def optimize_study(study: optuna.Study, cfg: RunConfig, baseline: str, space: di
         if open_points(study, space) == 0:
             study.stop()
 
-    study.optimize(Objective(cfg, baseline, space, on_start), catch=(Exception,), callbacks=[after_trial],
-                   gc_after_trial=False)
+    try:
+        study.optimize(Objective(cfg, baseline, space, on_start), catch=(Exception,), callbacks=[after_trial],
+                       gc_after_trial=False)
+    except KeyboardInterrupt:  # Ctrl-C between Optuna's bookkeeping steps may leave our trial RUNNING
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t.user_attrs.get("worker") == WORKER:
+                mark_interrupted(study, t, "interrupted: Ctrl-C")
+        raise
 
 
 # ---- a run's studies in a shared storage --------------------------------------------------------
