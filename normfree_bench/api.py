@@ -44,6 +44,8 @@ class Baseline:
     description: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     norm_free: ClassVar[bool] = False  # True: no LayerNorm or RMSNorm may remain in the model
+    # "main" baselines run when a sweep names none; "ablation" ones only when named (suite ablation).
+    group: ClassVar[str] = "main"
     hparams: ClassVar[dict[str, Any]] = {}  # named hyperparameters and their defaults
 
     def __init__(self, config: ModelConfig, **hparams: Any) -> None:
@@ -66,6 +68,12 @@ class Baseline:
     def activation(self) -> nn.Module:
         """The MLP's activation: GELU for the gelu MLP, SiLU for the SwiGLU gate."""
         return nn.SiLU() if self.config.mlp == "swiglu" else nn.GELU()
+
+    def qk_norm(self, head_dim: int, which: str, layer_idx: int, n_layers: int) -> nn.Module:
+        """The norm applied per head to queries (``which == "q"``) or keys (``"k"``) before the dot
+        product; by default ``model.qk_norm`` (none, layernorm or rmsnorm over head_dim), so that any
+        baseline can run the qk-layernorm ablation of Wortsman et al. 2023."""
+        return make_norm(self.config.qk_norm, head_dim, bias=self.config.bias)
 
     def embedding_scale(self, dim: int) -> nn.Module:
         """Applied to the token (+ position) embedding before the first block."""

@@ -130,8 +130,9 @@ def cmd_baselines_list(args: argparse.Namespace) -> int:
     for name in list_baselines():
         cls = get_baseline(name)
         hp = ", ".join(f"{k}={v}" for k, v in cls.hparams.items()) or "-"
-        rows.append([name, cls.description, cls.paper, hp])
-    print(tabulate(rows, headers=["baseline", "description", "paper", "hyperparameters"], tablefmt="github"))
+        rows.append([name, cls.group, cls.description, cls.paper, hp])
+    print(tabulate(rows, headers=["baseline", "group", "description", "paper", "hyperparameters"],
+                   tablefmt="github"))
     return 0
 
 

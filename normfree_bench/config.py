@@ -43,6 +43,7 @@ class ModelConfig:
     mlp_ratio: float = 4.0
     positions: Literal["learned", "rope", "none"] = "learned"
     bias: bool = True
+    qk_norm: Literal["none", "layernorm", "rmsnorm"] = "none"  # per-head norm of q and k (any baseline)
     task: Literal["lm", "vit"] = "lm"
     # ViT head only (task: vit).
     image_size: int = 8
@@ -129,6 +130,8 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0  # 0 disables clipping
+    z_loss: float = 0.0  # PaLM's auxiliary z_loss * log(Z)^2 on the output logits; 1e-4 in the paper
+    diagnostics: bool = True  # numerical diagnostics at eval steps (normfree_bench.diagnostics)
     eval_interval: int = 50
     log_interval: int = 10  # train-loss points kept for the curves
     seed: int = 0
@@ -145,8 +148,8 @@ class TrainConfig:
             raise UserError(f"train.warmup_steps must be in [0, steps={self.steps}], got {self.warmup_steps}")
         if self.eval_interval < 1 or self.log_interval < 1:
             raise UserError("train.eval_interval and train.log_interval must be >= 1")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise UserError("train.weight_decay and train.grad_clip must be >= 0")
+        if self.weight_decay < 0 or self.grad_clip < 0 or self.z_loss < 0:
+            raise UserError("train.weight_decay, train.grad_clip and train.z_loss must be >= 0")
         if not 0 <= self.min_lr_ratio <= 1:
             raise UserError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         valid_precisions = ("auto", "32-true", "bf16-mixed", "bf16-true", "16-mixed", "64-true")

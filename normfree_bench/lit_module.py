@@ -77,7 +77,9 @@ class LitModel(pl.LightningModule):
         return task_loss(logits, y), logits
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss, _ = self.loss(*batch)
+        loss, logits = self.loss(*batch)
+        if self.cfg.z_loss > 0:  # PaLM's z-loss keeps log Z of the output softmax near 0
+            loss = loss + self.cfg.z_loss * torch.logsumexp(logits.float(), dim=-1).square().mean()
         if self.fault.kind != "none":
             step = self.global_step + 1
             if self.fault.kind == "raise" and self.fault.at(step):

@@ -71,9 +71,12 @@ def block_branch_linears(blocks: Iterable[Any]) -> Iterator[tuple[int, str, nn.L
 class Attention(nn.Module):
     """Multi-head self-attention through ``F.scaled_dot_product_attention``."""
 
-    def __init__(self, config: ModelConfig, causal: bool) -> None:
+    def __init__(self, config: ModelConfig, causal: bool, q_norm: nn.Module, k_norm: nn.Module) -> None:
         super().__init__()
         self.n_heads = config.n_heads
+        self.q_norm, self.k_norm = q_norm, k_norm
+        self.record_max_logit = False  # diagnostics: keep the largest pre-softmax logit of the next call
+        self.max_logit: torch.Tensor | None = None
         self.causal = causal
         self.rope = config.positions == "rope"
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=config.bias)
@@ -86,8 +89,14 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, C // self.n_heads).permute(2, 0, 3, 1, 4)  # (B, H, T, D) each
+        q, k = self.q_norm(q), self.k_norm(k)
         if self.rope:
             q, k = apply_rotary(q, self.rope_cos, self.rope_sin), apply_rotary(k, self.rope_cos, self.rope_sin)
+        if self.record_max_logit:
+            logits = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(q.shape[-1])
+            if self.causal:
+                logits = logits.masked_fill(torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1), -math.inf)
+            self.max_logit = logits.amax().detach()
         y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, H, T, D)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
@@ -101,7 +110,8 @@ class Block(nn.Module):
         self.layer_idx = layer_idx
         self.norm_attn = baseline.norm(d, "attn", layer_idx, n)
         self.res_attn = baseline.residual(d, "attn", layer_idx, n)
-        self.attn = Attention(config, causal)
+        self.attn = Attention(config, causal, baseline.qk_norm(config.head_dim, "q", layer_idx, n),
+                              baseline.qk_norm(config.head_dim, "k", layer_idx, n))
         self.norm_mlp = baseline.norm(d, "mlp", layer_idx, n)
         self.res_mlp = baseline.residual(d, "mlp", layer_idx, n)
         if config.mlp == "swiglu":

@@ -29,7 +29,7 @@ from typing import Any
 import optuna
 from tqdm import tqdm
 
-from normfree_bench.config import ModelConfig, RunConfig, build_dataclass, config_hash, read_yaml
+from normfree_bench.config import ModelConfig, RunConfig, TrainConfig, build_dataclass, config_hash, read_yaml
 from normfree_bench.data import check_split_size
 from normfree_bench.errors import UserError
 from normfree_bench.io import write_json, write_yaml
@@ -44,22 +44,29 @@ CONFIG_FILE = "config.yaml"
 
 # ---- the grid ----------------------------------------------------------------------------------
 def sweep_baselines(cfg: RunConfig) -> list[str]:
-    """The baselines a sweep runs: the config's list (validated) or every registered one."""
-    names = list(cfg.sweep.baselines) or list_baselines()
+    """The baselines a sweep runs: the config's list (validated), or every registered baseline of
+    group ``main`` (a user's plugin included; the ablation plugins run only when named)."""
+    names = list(cfg.sweep.baselines) or [n for n in list_baselines() if get_baseline(n).group == "main"]
     for name in names:
         get_baseline(name)
     return names
 
 
+SHARED_AXES = {  # section -> the fields a sweep axis may vary (lr and seed are the grid itself)
+    "model": {f.name for f in dataclasses.fields(ModelConfig)},
+    "train": {f.name for f in dataclasses.fields(TrainConfig)} - {"lr", "seed"},
+}
+
+
 def validate_axes(cfg: RunConfig, baselines: list[str]) -> None:
-    """Each axis is ``model.<field>`` or ``<baseline>.<hparam>`` of a registered baseline."""
-    model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    """Each axis is ``model.<field>``, ``train.<field>`` or ``<baseline>.<hparam>`` of a registered
+    baseline; ``model.qk_norm`` x ``train.z_loss`` is the 2x2 ablation of Wortsman et al. 2023."""
     for axis in cfg.sweep.axes:
         owner, _, key = axis.partition(".")
-        if owner == "model":
-            if key not in model_fields:
-                raise UserError(f"unknown sweep axis '{axis}'; valid model axes: "
-                                + ", ".join(f"model.{f}" for f in sorted(model_fields)))
+        if owner in SHARED_AXES:
+            if key not in SHARED_AXES[owner]:
+                raise UserError(f"unknown sweep axis '{axis}'; valid {owner} axes: "
+                                + ", ".join(f"{owner}.{f}" for f in sorted(SHARED_AXES[owner])))
             continue
         cls = get_baseline(owner)
         if key not in cls.hparams:
@@ -68,8 +75,8 @@ def validate_axes(cfg: RunConfig, baselines: list[str]) -> None:
 
 
 def axes_for(cfg: RunConfig, baseline: str) -> dict[str, list[Any]]:
-    """The extra axes that apply to ``baseline``: every ``model.*`` axis and its own hparams."""
-    return {a: list(v) for a, v in cfg.sweep.axes.items() if a.split(".", 1)[0] in ("model", baseline)}
+    """The extra axes that apply to ``baseline``: every ``model.*``/``train.*`` axis and its own hparams."""
+    return {a: list(v) for a, v in cfg.sweep.axes.items() if a.split(".", 1)[0] in (*SHARED_AXES, baseline)}
 
 
 def search_space(cfg: RunConfig, baseline: str) -> dict[str, list[Any]]:
@@ -79,12 +86,14 @@ def search_space(cfg: RunConfig, baseline: str) -> dict[str, list[Any]]:
 def trial_config(cfg: RunConfig, baseline: str, params: dict[str, Any]) -> RunConfig:
     """The `RunConfig` of one grid point: the shared config with this trial's LR, seed and axes."""
     model = cfg.model.__dict__ | {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith("model.")}
+    train = cfg.train.__dict__ | {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith("train.")}
+    train |= {"lr": float(params["lr"]), "seed": int(params["seed"])}
     hparams = {**cfg.hparams, baseline: {**cfg.baseline_hparams(baseline),
                                          **{k.split(".", 1)[1]: v for k, v in params.items()
                                             if k.startswith(f"{baseline}.")}}}
     return dataclasses.replace(
         cfg, baseline=baseline, hparams=hparams, model=build_dataclass(ModelConfig, model, "model"),
-        train=dataclasses.replace(cfg.train, lr=float(params["lr"]), seed=int(params["seed"])))
+        train=build_dataclass(TrainConfig, train, "train"))
 
 
 # ---- run directory ------------------------------------------------------------------------------
