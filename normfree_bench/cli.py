@@ -231,6 +231,32 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from normfree_bench.analyze import analyze_run
+
+    run_dir = Path(args.run_dir)
+    analysis = analyze_run(run_dir, scope=args.trials, low_precision=not args.no_low_precision,
+                           storage_url=args.storage, progress=not args.no_progress)
+    from tabulate import tabulate
+
+    from normfree_bench.analyze import csv_row
+
+    rows = [csv_row(e) for e in analysis["trials"]]
+    keys = ["baseline", "lr", "val_loss", "reproduced", "n_outlier_dims", "max_kurtosis",
+            "ptq_int8_w_act_tensor_delta", "ptq_int8_w_act_token_delta", "ptq_fp8_e4m3_delta",
+            "bf16-mixed_delta", "bf16-true_delta", "alpha_inv_std_r"]
+    print(tabulate([[r.get(k) for k in keys] for r in rows], headers=keys, tablefmt="github", floatfmt=".4g"))
+    print(f"\nanalysis.json, analysis.csv and plots/analysis_*.png in {run_dir}/")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from normfree_bench.report import write_report
+
+    print(f"report written to {write_report(Path(args.run_dir))}")
+    return 0
+
+
 def cmd_speed(args: argparse.Namespace) -> int:
     from normfree_bench.train import resolve_device
 
@@ -348,6 +374,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--storage", help="the storage URL, when the run's has a password (not stored)")
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("analyze", help="numerical-stability analysis of a run: outliers, quantization, bf16, alpha")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--trials", choices=("best", "all"), default="best",
+                   help="each baseline's best trial (default) or every completed trial")
+    p.add_argument("--no-low-precision", action="store_true", help="skip the bf16 retraining of the best trials")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--storage", help="the storage URL, when the run's has a password (not stored)")
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("report", help="write RUN_DIR/report.html: leaderboard, plots, analysis and provenance")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.set_defaults(func=cmd_report)
 
     b = sub.add_parser("baselines", help="list or check baselines")
     bsub = b.add_subparsers(dest="action", required=True, parser_class=_Parser)

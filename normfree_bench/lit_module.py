@@ -7,7 +7,8 @@ classification for the ViT (accuracy at evaluation).
 
 Kept off the per-step hot path: no logger, no per-step file writes; on CUDA the guard reads each
 step's loss and gradient norm one step late (an asynchronous copy), so a non-finite step costs at
-most one more step. Validation loss and perplexity go through torchmetrics at eval steps only.
+most one more step. Validation loss and perplexity go through torchmetrics at eval steps only, and
+so do the numerical diagnostics (normfree_bench.diagnostics), taken on the first validation batch.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.text import Perplexity
 
 from normfree_bench.config import FaultConfig, TrainConfig
+from normfree_bench.diagnostics import DiagnosticProbe
 from normfree_bench.guard import DivergenceGuard
 from normfree_bench.model import Transformer, task_loss
 
@@ -43,6 +45,7 @@ class LitModel(pl.LightningModule):
         self.val_metric = MulticlassAccuracy(model.config.num_classes) if self.classify else Perplexity()
         self.train_points: list[tuple[int, float, float]] = []  # (step, train_loss, grad_norm)
         self.val_points: list[tuple[int, float, float]] = []  # (step, val_loss, perplexity or accuracy)
+        self.diagnostics: list[tuple] = []  # (step, layer, site, metric, value), see normfree_bench.diagnostics
         self._metric_updated = False
         self.last_grad_norm = torch.zeros(())
         self._pending: tuple[int, torch.Tensor] | None = None
@@ -115,7 +118,12 @@ class LitModel(pl.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
-        loss, logits = self.loss(x, y)
+        if batch_idx == 0 and self.cfg.diagnostics:  # the first validation batch doubles as the probe's
+            with DiagnosticProbe(self.model) as probe:
+                loss, logits = self.loss(x, y)
+            self.diagnostics += probe.rows(logits, self.global_step, grad_norm=float(self.last_grad_norm))
+        else:
+            loss, logits = self.loss(x, y)
         self.val_loss.update(loss, weight=y.numel())
         if torch.isfinite(logits).all():
             self.val_metric.update(logits.float(), y)

@@ -155,6 +155,13 @@ class Transformer(nn.Module):
         """
         return block_branch_linears(self.blocks)
 
+    def norm_sites(self) -> Iterator[tuple[int, str, str, nn.Module]]:
+        """Every norm site as (layer_idx, site, qualified name, module); ``final`` has layer n_layers."""
+        for block in self.blocks:
+            yield block.layer_idx, "attn", f"blocks.{block.layer_idx}.norm_attn", block.norm_attn
+            yield block.layer_idx, "mlp", f"blocks.{block.layer_idx}.norm_mlp", block.norm_mlp
+        yield self.config.n_layers, "final", "norm_final", self.norm_final
+
     def embeddings(self) -> list[nn.Module | nn.Parameter]:
         """The input embedding weights (token or patch) and the learned positions, if any."""
         first: Any = self.patch_embed.proj if self.config.task == "vit" else self.tok_emb

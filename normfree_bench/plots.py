@@ -162,7 +162,7 @@ def _baseline_order(records: Iterable[Record]) -> list[str]:
     return order
 
 
-def _colors(names: Sequence[str]) -> dict[str, Any]:
+def baseline_colors(names: Sequence[str]) -> dict[str, Any]:
     cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
     return {name: cmap(i % cmap.N) for i, name in enumerate(names)}
 
@@ -180,9 +180,9 @@ def _grid(n: int, max_cols: int = 3) -> tuple[int, int]:
     return math.ceil(n / cols), cols
 
 
-def _panels(fig: Figure, n: int, **kwargs: Any) -> list[Axes]:
-    """``n`` subplots in a grid (at most 3 columns); unused grid slots are removed."""
-    nrows, ncols = _grid(n)
+def subplot_grid(fig: Figure, n: int, max_cols: int = 3, **kwargs: Any) -> list[Axes]:
+    """``n`` subplots in a grid (at most ``max_cols`` columns); unused grid slots are removed."""
+    nrows, ncols = _grid(n, max_cols)
     axs = list(np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False, **kwargs)).ravel())
     for ax in axs[n:]:
         ax.remove()
@@ -225,7 +225,7 @@ def _y_limits(values: Iterable[float], top: float) -> tuple[float, float]:
 
 def _plot_loss_vs_lr(records: Sequence[Record], l0: float, axes: Sequence[str], out_dir: Path) -> Path:
     order = _baseline_order(records)
-    colors = _colors(order)
+    colors = baseline_colors(order)
     first = axes[0] if axes else None
     values = sorted({r.get(first) for r in records if r.get(first) is not None}, key=_sort_key) if first else []
     panel_values: list[Any] = _spread(values, MAX_PANELS) if values else [None]
@@ -234,7 +234,7 @@ def _plot_loss_vs_lr(records: Sequence[Record], l0: float, axes: Sequence[str], 
     nrows, ncols = _grid(len(panel_values))
     fig = plt.figure(figsize=(4.8 * ncols + 2.4, 3.8 * nrows + 0.6), layout="constrained")
     try:
-        panels = _panels(fig, len(panel_values), sharex=True, sharey=True)
+        panels = subplot_grid(fig, len(panel_values), sharex=True, sharey=True)
         labelled: set[tuple[str, Cell]] = set()
         for ax, value in zip(panels, panel_values, strict=True):
             recs = [r for r in records if first is None or r.get(first) is None or r.get(first) == value]
@@ -356,11 +356,11 @@ def _plot_curves(
     if not panels_data:
         return None
 
-    colors = _colors(order)
+    colors = baseline_colors(order)
     nrows, ncols = _grid(len(panels_data))
     fig = plt.figure(figsize=(max(4.4 * ncols, 5.6), 3.4 * nrows + 0.6), layout="constrained")
     try:
-        panels = _panels(fig, len(panels_data), sharex=True, sharey=True)
+        panels = subplot_grid(fig, len(panels_data), sharex=True, sharey=True)
         ys: list[float] = []
         for ax, (name, title, recs) in zip(panels, panels_data, strict=True):
             for i, rec in enumerate(recs):
@@ -486,7 +486,8 @@ def _plot_sensitivity(rows: Sequence[Record], axes: Sequence[str], order: Sequen
     if not items:
         return None
     items.sort(key=lambda it: it[2], reverse=True)  # least sensitive ends up on top
-    colors = _colors([*order, *(n for n in _baseline_order({"baseline": it[0]} for it in items) if n not in order)])
+    extra = [n for n in _baseline_order({"baseline": it[0]} for it in items) if n not in order]
+    colors = baseline_colors([*order, *extra])
     labels = [it[1] for it in items]
     values = [it[2] for it in items]
     bar_colors = [colors[it[0]] for it in items]

@@ -15,6 +15,7 @@ from typing import Any
 import optuna
 
 from normfree_bench.config import read_yaml
+from normfree_bench.diagnostics import DIAG_COLUMNS
 from normfree_bench.errors import UserError
 from normfree_bench.io import write_csv, write_json
 from normfree_bench.leaderboard import render, table_columns
@@ -92,9 +93,9 @@ def _num(value: Any) -> float:
 
 def collect(record: dict[str, Any], run_dir: Path,
             storage_url: str | None = None) -> tuple[list[dict], list[dict], list[dict]]:
-    """(trial rows, curve rows, metric records of COMPLETE trials) for a run."""
+    """(trial rows, curve rows, metric records of COMPLETE trials, diagnostics rows) for a run."""
     axes = run_axes(record)
-    trials, curves, records = [], [], []
+    trials, curves, records, diagnostics = [], [], [], []
     for baseline, trial in load_trials(record, run_dir, storage_url):
         row = trial_row(baseline, trial, axes)
         trials.append(row)
@@ -104,7 +105,10 @@ def collect(record: dict[str, Any], run_dir: Path,
         for step, train_loss, val_loss, grad_norm in trial.user_attrs.get("curve", []):
             curves.append({**{k: row[k] for k in ("trial", "baseline", "lr", "seed", *axes)}, "step": step,
                            "train_loss": train_loss, "val_loss": val_loss, "grad_norm": grad_norm})
-    return trials, curves, records
+        for values in trial.user_attrs.get("diagnostics", []):
+            diagnostics.append({**{k: row[k] for k in ("trial", "baseline", "lr", "seed", *axes)},
+                                **dict(zip(DIAG_COLUMNS, values))})
+    return trials, curves, records, diagnostics
 
 
 def leaderboard_rows(record: dict[str, Any], records: list[dict]) -> list[dict[str, Any]]:
@@ -120,10 +124,11 @@ def write_results(run_dir: Path, plots: bool = True, storage_url: str | None = N
     """Regenerate every table (and the plots) of a run directory; return the leaderboard rows."""
     record = read_run(run_dir)
     axes = run_axes(record)
-    trials, curves, records = collect(record, run_dir, storage_url)
+    trials, curves, records, diagnostics = collect(record, run_dir, storage_url)
     rows = leaderboard_rows(record, records)
     write_csv(run_dir / "trials.csv", trials, (*TRIAL_COLUMNS[:4], *axes, *TRIAL_COLUMNS[4:]))
     write_csv(run_dir / "curves.csv", curves, (*CURVE_COLUMNS[:4], *axes, *CURVE_COLUMNS[4:]))
+    write_csv(run_dir / "diagnostics.csv", diagnostics, (*CURVE_COLUMNS[:4], *axes, *DIAG_COLUMNS))
     write_json(run_dir / "leaderboard.json", rows)
     write_csv(run_dir / "leaderboard.csv", rows, table_columns(axes))
     from normfree_bench.io import atomic_write_text

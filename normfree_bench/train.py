@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from normfree_bench.config import RunConfig
 from normfree_bench.data import Corpus, TrainWindows, check_split_size, load_corpus, val_batches
+from normfree_bench.diagnostics import DIAG_COLUMNS
 from normfree_bench.errors import UserError
 from normfree_bench.guard import DivergenceGuard
 from normfree_bench.io import write_csv, write_json, write_yaml
@@ -61,11 +62,13 @@ class RunResult:
     device: str
     precision: str
     curve: list[dict[str, float]] = field(default_factory=list, repr=False)
+    diagnostics: list[tuple] = field(default_factory=list, repr=False)  # (step, layer, site, metric, value)
 
     def metrics(self) -> dict[str, Any]:
-        """Everything but the curve, for metrics.json and trial attributes."""
+        """Everything but the curve and the diagnostics, for metrics.json and trial attributes."""
         data = asdict(self)
         data.pop("curve")
+        data.pop("diagnostics")
         return data
 
 
@@ -200,11 +203,13 @@ def train_one(cfg: RunConfig, *, corpus: TaskData | None = None, callbacks: list
         max_train_loss=guard.max_loss, steps=steps, tokens=tokens, tokens_per_s=tokens / train_s,
         wall_s=time.perf_counter() - t_start, train_s=train_s, eval_s=timer.eval_s,
         params=model.num_params(), device=device, precision=precision, curve=merge_curve(module),
+        diagnostics=module.diagnostics,
     )
 
 
 def write_run(out_dir: Path, cfg: RunConfig, result: RunResult) -> None:
-    """``config.yaml`` (resolved, with its hash), ``metrics.json`` and ``curve.csv``."""
+    """``config.yaml`` (resolved, with its hash), ``metrics.json``, ``curve.csv`` and ``diagnostics.csv``."""
     write_yaml(out_dir / "config.yaml", {"config_hash": cfg.config_hash(), **cfg.to_dict()})
     write_json(out_dir / "metrics.json", result.metrics())
     write_csv(out_dir / "curve.csv", result.curve, CURVE_COLUMNS)
+    write_csv(out_dir / "diagnostics.csv", [dict(zip(DIAG_COLUMNS, row)) for row in result.diagnostics], DIAG_COLUMNS)

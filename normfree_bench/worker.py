@@ -127,6 +127,7 @@ def store_result(trial: optuna.Trial, result: RunResult) -> float:
         trial.set_user_attr(key, value)
     trial.set_user_attr("curve", [[p["step"], p["train_loss"], p["val_loss"], p["grad_norm"]]
                                   for p in result.curve])
+    trial.set_user_attr("diagnostics", [list(row) for row in result.diagnostics])
     return result.l0 if result.diverged else result.final_val_loss
 
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -48,3 +53,23 @@ def write_word_corpus(path: Path, n_words: int = 6000) -> Path:
     words = "the quick brown fox jumps over a lazy dog while alpha beta gamma delta\n".split(" ")
     path.write_text(" ".join(rng.choice(words) for _ in range(n_words)))
     return path
+
+
+@pytest.fixture(scope="session")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The real smoke suite (every main baseline, the stdlib corpus) run once per session through the
+    CLI in a fresh process; the sweep tests check its files, the analysis tests analyze it."""
+    out = tmp_path_factory.mktemp("smoke-run") / "smoke"
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "normfree_bench", "run", "--suite", "smoke", "--out", str(out),
+                           "--no-progress"], capture_output=True, text=True, timeout=900,
+                          cwd=Path(__file__).resolve().parents[1])
+    wall = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    provenance = json.loads((out / "provenance.json").read_text())
+    return {"dir": out, "proc": proc, "wall": wall, "provenance": provenance}
+
+
+@pytest.fixture(scope="session")
+def smoke_dir(smoke: dict[str, Any]) -> Path:
+    return smoke["dir"]

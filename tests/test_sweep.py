@@ -2,10 +2,10 @@
 
 Usage: ``.venv/bin/python -m pytest tests/test_sweep.py -q``
 
-One real ``run --suite smoke`` (every built-in baseline, the stdlib corpus) is shared by the whole
-module; everything else uses a tiny model on a small generated text file. The corpus cache lives in
-a temporary folder ($NORMFREE_BENCH_CACHE). Plugin runs happen in subprocesses because the baseline
-registry is process-global.
+One real ``run --suite smoke`` (every built-in baseline, the stdlib corpus; the session fixture
+``smoke`` in conftest.py) is shared with the analysis tests; everything else uses a tiny model on a
+small generated text file. The corpus cache lives in a temporary folder ($NORMFREE_BENCH_CACHE).
+Plugin runs happen in subprocesses because the baseline registry is process-global.
 """
 
 from __future__ import annotations
@@ -112,23 +112,6 @@ def env_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def corpus_file(env_root: Path) -> Path:
     return write_word_corpus(env_root / "corpus.txt")
-
-
-@pytest.fixture(scope="module")
-def smoke(env_root: Path) -> dict[str, Any]:
-    """The real smoke suite, every baseline, end to end, in a fresh process (the installed CLI)."""
-    out = env_root / "smoke"
-    t0 = time.perf_counter()
-    proc = subprocess_cli(["run", "--suite", "smoke", "--out", str(out), "--no-progress"])
-    wall = time.perf_counter() - t0
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    provenance = json.loads((out / "provenance.json").read_text())
-    return {"dir": out, "proc": proc, "wall": wall, "provenance": provenance}
-
-
-@pytest.fixture(scope="module")
-def smoke_dir(smoke: dict[str, Any]) -> Path:
-    return smoke["dir"]
 
 
 @pytest.fixture(scope="module")
