@@ -17,7 +17,7 @@ loss is checked against the stored one (``reproduced``); on a GPU the difference
   with ``bf16-true`` where the device supports bf16; loss difference and divergence;
 - **alpha against 1/std** (DyT paper §6.2): for every site with a learnable scalar ``alpha``, its
   value against 1/std of that site's input over training (from the diagnostics recorded at eval
-  steps), with Pearson's r per site and pooled;
+  steps; for a run recorded without them, the retrained trial's), with Pearson's r per site and pooled;
 - the plots of normfree_bench.analysis_plots (S-curves, curves above the best LR, diagnostics).
 """
 
@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from normfree_bench.config import RunConfig, build_dataclass
-from normfree_bench.diagnostics import DiagnosticProbe
+from normfree_bench.diagnostics import DIAG_COLUMNS, DiagnosticProbe
 from normfree_bench.errors import UserError
 from normfree_bench.io import write_csv, write_json
 from normfree_bench.model import Transformer, task_loss
@@ -201,7 +201,8 @@ def analyze_trial(cfg: RunConfig, row: dict[str, Any], data: Any, diagnostics: l
              "val_loss": fp32, "retrained_val_loss": result.final_val_loss, "stored_val_loss": stored,
              "reproduced": stored is not None and result.final_val_loss == stored, "outliers": outliers,
              "ptq": quantized_losses(model, batches, fp32),
-             "alpha_vs_inv_std": alpha_vs_inv_std(diagnostics)}
+             "alpha_vs_inv_std": alpha_vs_inv_std(diagnostics or [dict(zip(DIAG_COLUMNS, r))
+                                                                  for r in result.diagnostics])}
     if low_precision:
         entry["low_precision"] = low_precision_runs(cfg, data, fp32)
     return entry, io

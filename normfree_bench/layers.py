@@ -64,26 +64,39 @@ class Shift(nn.Module):
 
 
 class PointwiseNorm(nn.Module):
-    """``gamma * f(alpha * x) + beta`` with a scalar alpha: DyT (f = tanh) and its relatives.
+    """``gamma * f(alpha * x + s) + beta`` with a scalar alpha: DyT (f = tanh) and its relatives.
 
-    Computed in fp32 and cast back, for parity with RMSNorm's fp32 upcast under autocast.
+    ``s`` is an optional learnable scalar shift (Derf's); ``shift=None`` creates no parameter, so a
+    DyT state dict has exactly ``alpha``, ``weight`` and ``bias``. Computed in fp32 and cast back, for
+    parity with RMSNorm's fp32 upcast under autocast.
     """
 
-    def __init__(self, dim: int, fn: nn.Module, alpha_init: float, bias: bool = True) -> None:
+    def __init__(self, dim: int, fn: nn.Module, alpha_init: float, bias: bool = True,
+                 shift: float | None = None) -> None:
         super().__init__()
         self.fn = fn
         self.alpha = nn.Parameter(torch.full((1,), float(alpha_init)))
         self.weight = nn.Parameter(torch.ones(dim))
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+        self.shift = nn.Parameter(torch.full((1,), float(shift))) if shift is not None else None
+
+    def squash(self, x: torch.Tensor) -> torch.Tensor:
+        """``f(alpha * x + s)`` in fp32, before gamma and beta (for saturation diagnostics: the share of
+        entries with ``|squash(x)| > 0.99``)."""
+        u = self.alpha.float() * x.float()
+        if self.shift is not None:
+            u = u + self.shift.float()
+        return self.fn(u)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.fn(self.alpha.float() * x.float()) * self.weight.float()
+        y = self.squash(x) * self.weight.float()
         if self.bias is not None:
             y = y + self.bias.float()
         return y.to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"alpha_init={self.alpha.item():.4g}, bias={self.bias is not None}"
+        shift = "" if self.shift is None else f", shift_init={self.shift.item():.4g}"
+        return f"alpha_init={self.alpha.item():.4g}, bias={self.bias is not None}{shift}"
 
 
 def make_norm(kind: str, dim: int, bias: bool, eps: float = 1e-5) -> nn.Module:
