@@ -26,10 +26,20 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 
 from normfree_bench.plots import baseline_colors, sanitize_name, save_figure, subplot_grid
 
 MAX_POINTS = 2000  # per S-curve panel
+
+
+def finish(fig: Figure, title: str, path: Path) -> Path:
+    """Title, tighten, save atomically and close ``fig``; return ``path``."""
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+    return path
 
 
 def _order(entries: Sequence[dict[str, Any]]) -> list[str]:
@@ -48,11 +58,8 @@ def plot_s_curves(baseline: str, io: dict[tuple[int, str], tuple[torch.Tensor, t
         ax.set_title(f"layer {key[0]} {key[1]}", fontsize=9)
         ax.set_xlabel("input", fontsize=8)
         ax.set_ylabel("output", fontsize=8)
-    fig.suptitle(f"{baseline}: norm-site input vs output (one validation batch)")
-    fig.tight_layout()
-    path = save_figure(fig, out_dir / f"analysis_s_curves_{sanitize_name(baseline)}.png")
-    plt.close(fig)
-    return path
+    return finish(fig, f"{baseline}: norm-site input vs output (one validation batch)",
+                  out_dir / f"analysis_s_curves_{sanitize_name(baseline)}.png")
 
 
 def plot_alpha_vs_inv_std(entries: Sequence[dict[str, Any]], out_dir: Path) -> Path | None:
@@ -71,11 +78,8 @@ def plot_alpha_vs_inv_std(entries: Sequence[dict[str, Any]], out_dir: Path) -> P
         ax.set_xlabel("1 / std(site input)")
         ax.set_ylabel("alpha")
         ax.legend(fontsize=6, ncol=2)
-    fig.suptitle("alpha against 1/std of its input over training (DyT paper Fig. 8)")
-    fig.tight_layout()
-    path = save_figure(fig, out_dir / "analysis_alpha_vs_inv_std.png")
-    plt.close(fig)
-    return path
+    return finish(fig, "alpha against 1/std of its input over training (DyT paper Fig. 8)",
+                  out_dir / "analysis_alpha_vs_inv_std.png")
 
 
 def plot_curves_above_best(entries: Sequence[dict[str, Any]], trials: Sequence[dict[str, Any]],
@@ -105,11 +109,8 @@ def plot_curves_above_best(entries: Sequence[dict[str, Any]], trials: Sequence[d
         ax.set_xlabel("step")
         ax.set_ylabel("validation loss")
         ax.legend(fontsize=7)
-    fig.suptitle("validation loss at the best LR and the LRs just above it")
-    fig.tight_layout()
-    path = save_figure(fig, out_dir / "analysis_curves_above_best.png")
-    plt.close(fig)
-    return path
+    return finish(fig, "validation loss at the best LR and the LRs just above it",
+                  out_dir / "analysis_curves_above_best.png")
 
 
 def _series(diagnostics: Sequence[dict[str, Any]], trial: str, metric: str, site: str | None = None,
@@ -147,11 +148,8 @@ def plot_diagnostics(entries: Sequence[dict[str, Any]], diagnostics: Sequence[di
     if not drawn:
         plt.close(fig)
         return None
-    fig.suptitle("numerical diagnostics over training (best trial of each baseline)")
-    fig.tight_layout()
-    path = save_figure(fig, out_dir / "analysis_diagnostics.png")
-    plt.close(fig)
-    return path
+    return finish(fig, "numerical diagnostics over training (best trial of each baseline)",
+                  out_dir / "analysis_diagnostics.png")
 
 
 def plot_outliers(entries: Sequence[dict[str, Any]], out_dir: Path) -> Path:
@@ -169,11 +167,8 @@ def plot_outliers(entries: Sequence[dict[str, Any]], out_dir: Path) -> Path:
     axs[0].set_yscale("symlog")
     axs[1].set_ylabel("max |x| / RMS of the site input")
     axs[1].legend(fontsize=7)
-    fig.suptitle("activation outliers at every norm site (one validation batch)")
-    fig.tight_layout()
-    path = save_figure(fig, out_dir / "analysis_outliers.png")
-    plt.close(fig)
-    return path
+    return finish(fig, "activation outliers at every norm site (one validation batch)",
+                  out_dir / "analysis_outliers.png")
 
 
 def plot_ptq(entries: Sequence[dict[str, Any]], out_dir: Path) -> Path:
@@ -191,11 +186,7 @@ def plot_ptq(entries: Sequence[dict[str, Any]], out_dir: Path) -> Path:
     ax.set_ylabel("validation loss increase over fp32 (nats)")
     ax.set_yscale("symlog", linthresh=1e-3)
     ax.legend(fontsize=8)
-    ax.set_title("simulated post-training quantization")
-    fig.tight_layout()
-    path = save_figure(fig, out_dir / "analysis_ptq.png")
-    plt.close(fig)
-    return path
+    return finish(fig, "simulated post-training quantization", out_dir / "analysis_ptq.png")
 
 
 def plot_analysis(analysis: dict[str, Any], s_curves: dict[str, dict], trials: Sequence[dict[str, Any]],
