@@ -28,7 +28,7 @@ from normfree_bench.pointwise import PointwiseBaseline
 @register_baseline
 class Softsign(PointwiseBaseline):
     name = "softsign"
-    description = "DyT with tanh replaced by softsign u/(1+|u|), u = alpha x"
+    description = "DyT with tanh replaced by softsign u/(1+abs(u)), u = alpha x"
     paper = "https://arxiv.org/abs/2512.10938"
     group = "ablation"
     function = nn.Softsign

@@ -130,7 +130,7 @@ def cmd_baselines_list(args: argparse.Namespace) -> int:
     for name in list_baselines():
         cls = get_baseline(name)
         hp = ", ".join(f"{k}={v}" for k, v in cls.hparams.items()) or "-"
-        rows.append([name, cls.group, cls.description, cls.paper, hp])
+        rows.append([name, cls.group, cls.description.replace("|", "\\|"), cls.paper, hp])  # keep the table intact
     print(tabulate(rows, headers=["baseline", "group", "description", "paper", "hyperparameters"],
                    tablefmt="github"))
     return 0

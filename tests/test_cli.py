@@ -245,11 +245,12 @@ def test_baselines_list_subprocess(root: Path) -> None:
     rows = [[cell.strip() for cell in line.strip().strip("|").split("|")]
             for line in proc.stdout.splitlines() if line.startswith("|") and not line.startswith("|--")]
     header, *body = rows
-    assert header[:3] == ["baseline", "description", "paper"]
-    assert [r[0] for r in body] == BUILTINS
+    assert header[:4] == ["baseline", "group", "description", "paper"]
+    assert [r[0] for r in body if r[1] == "main"] == BUILTINS
     from normfree_bench.registry import get_baseline
 
-    for name, description, paper, *_ in body:
+    for name, group, description, paper, *_ in body:
+        assert group == get_baseline(name).group
         assert re.fullmatch(r"https://arxiv\.org/abs/\d{4}\.\d{4,5}", paper), (name, paper)
         assert paper == get_baseline(name).paper
         assert description and description != "-"
