@@ -79,10 +79,8 @@ class LitModel(pl.LightningModule):
         logits = self.model(x)  # LM: (B, T, V); ViT: (B, classes)
         return task_loss(logits, y), logits
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         loss, logits = self.loss(*batch)
-        if self.cfg.z_loss > 0:  # PaLM's z-loss keeps log Z of the output softmax near 0
-            loss = loss + self.cfg.z_loss * torch.logsumexp(logits.float(), dim=-1).square().mean()
         if self.fault.kind != "none":
             step = self.global_step + 1
             if self.fault.kind == "raise" and self.fault.at(step):
@@ -90,11 +88,15 @@ class LitModel(pl.LightningModule):
             if self.fault.kind == "nan_loss" and self.fault.at(step):
                 loss = loss * math.nan
             loss = loss + self.fault.loss_offset(step)
-        return loss
+        objective = loss
+        if self.cfg.z_loss > 0:  # PaLM's z-loss keeps log Z of the output softmax near 0
+            objective = loss + self.cfg.z_loss * torch.logsumexp(logits.float(), dim=-1).square().mean()
+        # The optimizer minimises the objective; the guard and the curves follow the task loss alone.
+        return {"loss": objective, "task_loss": loss.detach()}
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = self.global_step  # optimizer steps done, 1-based for this batch
-        values = torch.stack([outputs["loss"].detach().float(), self.last_grad_norm.detach().float()])
+        values = torch.stack([outputs["task_loss"].float(), self.last_grad_norm.detach().float()])
         if values.device.type == "cpu":
             self._check(step, values)
             return

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from normfree_bench.config import ModelConfig, load_run_config
+from normfree_bench.config import ModelConfig, SweepConfig, load_run_config
 from normfree_bench.errors import UserError
 from normfree_bench.registry import get_baseline
-from normfree_bench.suites import configs_dir, list_suites
+from normfree_bench.suites import configs_dir, list_suites, suite_path
 from normfree_bench.sweep import sweep_baselines, validate_axes
 
 SUITES = sorted(configs_dir().glob("*.yaml"))
@@ -80,3 +81,22 @@ def test_set_overrides_parse_dotted_keys_as_yaml():
     for bad in ("novalue", "=3", "a..b=1"):
         with pytest.raises(UserError, match="--set needs KEY=VALUE"):
             parse_set([bad])
+
+
+def test_train_axes_are_valid_sweep_axes_but_lr_and_seed_are_not():
+    from normfree_bench.config import build_dataclass
+    from normfree_bench.sweep import search_space, trial_config
+
+    base = load_run_config(suite_path("smoke"))
+    cfg = dataclasses.replace(base, sweep=build_dataclass(SweepConfig, {
+        **base.sweep.__dict__, "axes": {"model.qk_norm": ["none", "layernorm"], "train.z_loss": [0.0, 1.0e-4]}},
+        "sweep"))
+    validate_axes(cfg, ["layernorm"])
+    space = search_space(cfg, "layernorm")
+    assert space["model.qk_norm"] == ["none", "layernorm"] and space["train.z_loss"] == [0.0, 1.0e-4]
+    one = trial_config(cfg, "layernorm", {"lr": 0.01, "seed": 0, "model.qk_norm": "layernorm", "train.z_loss": 1e-4})
+    assert one.model.qk_norm == "layernorm" and one.train.z_loss == 1e-4 and one.train.lr == 0.01
+    for axis in ("train.lr", "train.seed", "train.nonsense"):
+        bad = dataclasses.replace(cfg, sweep=dataclasses.replace(cfg.sweep, axes={axis: [1, 2]}))
+        with pytest.raises(UserError, match="valid train axes"):
+            validate_axes(bad, ["layernorm"])

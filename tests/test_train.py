@@ -97,3 +97,24 @@ def test_fixup_lr_scale_reaches_the_optimizer():
     sched.step_update(num_updates=cfg.train.warmup_steps)
     lrs = sorted({g["lr"] for g in opt["optimizer"].param_groups})
     assert lrs == pytest.approx([cfg.train.lr * 0.1, cfg.train.lr])
+
+
+def final_log_z(result) -> float:
+    return [row[4] for row in result.diagnostics if row[3] == "log_z"][-1]
+
+
+def test_z_loss_pulls_log_z_towards_zero():
+    """PaLM's z-loss: the same run with a strong z_loss ends with a far smaller log Z, and the guard,
+    which follows the cross-entropy alone, does not mistake the large objective for divergence."""
+    plain = train_one(small_run(steps=60))
+    pulled = train_one(small_run(steps=60, z_loss=1.0))
+    assert abs(final_log_z(pulled)) < 0.6 * abs(final_log_z(plain))
+    assert not pulled.diverged and pulled.final_val_loss < L0 - 1.0  # and the model still learns
+    assert max(p["train_loss"] for p in pulled.curve) < L0 + 0.5  # the curve is cross-entropy, not z-loss
+
+
+def test_diagnostics_off_records_nothing_and_changes_nothing():
+    on = train_one(small_run(steps=20))
+    off = train_one(small_run(steps=20, diagnostics=False))
+    assert on.diagnostics and not off.diagnostics
+    assert on.final_val_loss == off.final_val_loss  # the probe only observes
