@@ -92,7 +92,7 @@ def _num(value: Any) -> float:
 
 
 def collect(record: dict[str, Any], run_dir: Path,
-            storage_url: str | None = None) -> tuple[list[dict], list[dict], list[dict]]:
+            storage_url: str | None = None) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
     """(trial rows, curve rows, metric records of COMPLETE trials, diagnostics rows) for a run."""
     axes = run_axes(record)
     trials, curves, records, diagnostics = [], [], [], []
