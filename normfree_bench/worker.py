@@ -47,10 +47,10 @@ def point_of(params: dict[str, Any]) -> Point:
 
 
 def params_of(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    """A trial's grid point: its parameters, or, for a trial killed before it sampled them, the point
-    its ``grid_id`` names (GridSampler orders the grid by sorted parameter name)."""
-    if trial.params:
-        return dict(trial.params)
+    """A trial's whole grid point: the parameters an enqueued retry was given, or the point its
+    ``grid_id`` names (GridSampler orders the grid by sorted parameter name). Both exist before the
+    objective runs, so a trial interrupted while it was still suggesting its parameters (and holds
+    only some of them) still names its whole point."""
     attrs = trial.system_attrs
     if "fixed_params" in attrs:
         return dict(attrs["fixed_params"])
@@ -60,7 +60,7 @@ def params_of(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
         names = sorted(attrs["search_space"])
         grid = list(product(*(attrs["search_space"][n] for n in names)))
         return dict(zip(names, grid[attrs["grid_id"]]))
-    return {}
+    return dict(trial.params)
 
 
 def worker_alive(worker: str | None) -> bool:
@@ -155,7 +155,8 @@ class Objective:
         for other in trial.study.get_trials(deepcopy=False):
             running_before = (other.state == TrialState.RUNNING and other.number < trial.number
                               and worker_alive(other.user_attrs.get("worker")))
-            if other.number != trial.number and point_of(other.params) == key and (is_done(other) or running_before):
+            same_point = other.number != trial.number and point_of(params_of(other)) == key
+            if same_point and (is_done(other) or running_before):
                 trial.set_user_attr("duplicate", True)
                 raise optuna.TrialPruned(f"grid point {params} is already done or running")
         if self.on_start is not None:

@@ -298,3 +298,22 @@ def test_worker_with_an_unknown_run_name_is_bad_input(root):
     assert proc.wait(timeout=120) == 2
     err = proc.stderr.read().strip().splitlines()
     assert len(err) == 1 and "no study named 'nfb-000000000000:<baseline>'" in err[0]
+
+
+def test_a_trial_interrupted_while_suggesting_is_retried_once_at_its_whole_point():
+    """Ctrl-C can land between two ``suggest`` calls: the FAIL trial then holds only ``lr``. Its retry
+    must be the whole grid point (from ``grid_id``), enqueued once, or resume loops on duplicates."""
+    from normfree_bench.worker import ResumableGridSampler, mark_interrupted, open_points, recover
+
+    space = {"lr": [0.01, 0.1], "seed": [0, 1]}
+    study = optuna.create_study(sampler=ResumableGridSampler(space, seed=0))
+    trial = study.ask()
+    trial.suggest_categorical("lr", space["lr"])  # interrupted before the seed was suggested
+    frozen = study._storage.get_trial(trial._trial_id)
+    assert set(frozen.params) == {"lr"}
+    mark_interrupted(study, frozen, "interrupted: Ctrl-C")
+    recover(study)
+    recover(study)  # a second pass must not enqueue it again
+    waiting = [t for t in study.get_trials(deepcopy=False) if t.state.name == "WAITING"]
+    assert len(waiting) == 1 and set(waiting[0].system_attrs["fixed_params"]) == {"lr", "seed"}
+    assert open_points(study, space) == 4  # the retry is queued, not done
