@@ -37,7 +37,7 @@ from normfree_bench.provenance import collect_provenance
 from normfree_bench.registry import get_baseline, list_baselines
 from normfree_bench.storage import JOURNAL, open_storage, redact, resolve_storage
 from normfree_bench.train import data_identity, load_data, resolve_device
-from normfree_bench.worker import ResumableGridSampler, is_done, optimize_study, point_of
+from normfree_bench.worker import GRID_SEED, ResumableGridSampler, is_done, optimize_study, point_of
 
 CONFIG_FILE = "config.yaml"
 
@@ -152,7 +152,7 @@ def create_study(storage: optuna.storages.BaseStorage, run_name: str, cfg: RunCo
     """Create (or load) a baseline's study and record what a remote worker needs to join it."""
     space = search_space(cfg, baseline)
     study = optuna.create_study(study_name=study_name(run_name, baseline), storage=storage, direction="minimize",
-                                sampler=ResumableGridSampler(space, seed=0), load_if_exists=True)
+                                sampler=ResumableGridSampler(space, seed=GRID_SEED), load_if_exists=True)
     if "config" not in study.user_attrs:
         study.set_user_attr("config", cfg.to_dict())
         study.set_user_attr("baseline", baseline)

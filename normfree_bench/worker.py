@@ -31,6 +31,7 @@ from normfree_bench.train import RunResult, data_identity, load_data, train_one
 
 Point = tuple[tuple[str, Any], ...]
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
+GRID_SEED = 0  # GridSampler shuffles its grid with this seed; every study of a run uses it
 
 
 class ResumableGridSampler(optuna.samplers.GridSampler):
@@ -48,18 +49,14 @@ def point_of(params: dict[str, Any]) -> Point:
 
 def params_of(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
     """A trial's whole grid point: the parameters an enqueued retry was given, or the point its
-    ``grid_id`` names (GridSampler orders the grid by sorted parameter name). Both exist before the
-    objective runs, so a trial interrupted while it was still suggesting its parameters (and holds
-    only some of them) still names its whole point."""
+    ``grid_id`` names. Both exist before the objective runs, so a trial interrupted while it was still
+    suggesting its parameters (and holds only some of them) still names its whole point."""
     attrs = trial.system_attrs
     if "fixed_params" in attrs:
         return dict(attrs["fixed_params"])
     if "grid_id" in attrs and "search_space" in attrs:
-        from itertools import product
-
-        names = sorted(attrs["search_space"])
-        grid = list(product(*(attrs["search_space"][n] for n in names)))
-        return dict(zip(names, grid[attrs["grid_id"]]))
+        grid = ResumableGridSampler(attrs["search_space"], seed=GRID_SEED)  # the same shuffled grid order
+        return dict(zip(grid._param_names, grid._all_grids[attrs["grid_id"]]))
     return dict(trial.params)
 
 
@@ -206,7 +203,7 @@ def run_studies(storage: optuna.storages.BaseStorage, run_name: str) -> list[opt
     for name in names:
         space = optuna.load_study(study_name=name, storage=storage).user_attrs["space"]
         studies.append(optuna.load_study(study_name=name, storage=storage,
-                                         sampler=ResumableGridSampler(space, seed=0)))
+                                         sampler=ResumableGridSampler(space, seed=GRID_SEED)))
     return studies
 
 

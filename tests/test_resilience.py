@@ -303,17 +303,25 @@ def test_worker_with_an_unknown_run_name_is_bad_input(root):
 def test_a_trial_interrupted_while_suggesting_is_retried_once_at_its_whole_point():
     """Ctrl-C can land between two ``suggest`` calls: the FAIL trial then holds only ``lr``. Its retry
     must be the whole grid point (from ``grid_id``), enqueued once, or resume loops on duplicates."""
-    from normfree_bench.worker import ResumableGridSampler, mark_interrupted, open_points, recover
+    from normfree_bench.worker import GRID_SEED, ResumableGridSampler, mark_interrupted, open_points, params_of, recover
 
-    space = {"lr": [0.01, 0.1], "seed": [0, 1]}
-    study = optuna.create_study(sampler=ResumableGridSampler(space, seed=0))
+    space = {"lr": [0.01, 0.03, 0.1], "seed": [0, 1]}
+    study = optuna.create_study(sampler=ResumableGridSampler(space, seed=GRID_SEED))
+    for _ in range(3):  # whole trials: params_of names exactly the point GridSampler gave them
+        done = study.ask()
+        for name in ("lr", "seed"):
+            done.suggest_categorical(name, space[name])
+        study.tell(done, 1.0)
+        assert params_of(study._storage.get_trial(done._trial_id)) == done.params
     trial = study.ask()
-    trial.suggest_categorical("lr", space["lr"])  # interrupted before the seed was suggested
+    lr = trial.suggest_categorical("lr", space["lr"])  # interrupted before the seed was suggested
     frozen = study._storage.get_trial(trial._trial_id)
     assert set(frozen.params) == {"lr"}
     mark_interrupted(study, frozen, "interrupted: Ctrl-C")
     recover(study)
     recover(study)  # a second pass must not enqueue it again
     waiting = [t for t in study.get_trials(deepcopy=False) if t.state.name == "WAITING"]
-    assert len(waiting) == 1 and set(waiting[0].system_attrs["fixed_params"]) == {"lr", "seed"}
-    assert open_points(study, space) == 4  # the retry is queued, not done
+    assert len(waiting) == 1
+    retry = waiting[0].system_attrs["fixed_params"]
+    assert set(retry) == {"lr", "seed"} and retry["lr"] == lr  # the point it was interrupted at
+    assert open_points(study, space) == 3  # three done; the retry is queued, not done
