@@ -211,7 +211,12 @@ def run_sweep(cfg: RunConfig, run_dir: Path, *, storage_url: str | None = None, 
     url = resolve_storage(record, run_dir, storage_url)
     storage = storage or open_storage(url)
     provenance = collect_provenance(device, fingerprint, source)
-    provenance["storage"] = redact(url)
+    if record.get("storage") is None:  # the run directory's own file: no machine path in provenance
+        provenance["storage"] = "study.db in the run directory"
+    elif record["storage"] == JOURNAL:
+        provenance["storage"] = "study.journal in the run directory"
+    else:
+        provenance["storage"] = redact(url)
     write_json(run_dir / "provenance.json", provenance)
     studies = {b: create_study(storage, record["run_name"], cfg, b, fingerprint) for b in baselines}
     spaces = {b: search_space(cfg, b) for b in baselines}

@@ -166,6 +166,7 @@ def test_smoke_provenance(smoke: dict[str, Any]) -> None:
     assert "standard library" in prov["corpus_source"]
     assert prov["packages"]["torch"] and prov["packages"]["optuna"] and prov["packages"]["normfree-bench"]
     assert prov["python"] == sys.version.split()[0]
+    assert prov["storage"] == "study.db in the run directory"  # no path of the machine that ran it
     assert 0 < smoke["provenance"]["sweep_wall_s_this_invocation"] <= smoke["wall"]
 
 
