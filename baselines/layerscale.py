@@ -34,7 +34,7 @@ from torch import nn
 from normfree_bench import Baseline, register_baseline
 from normfree_bench.config import ModelConfig
 from normfree_bench.errors import UserError
-from normfree_bench.layers import Residual
+from normfree_bench.layers import GatedResidual, Residual
 from normfree_bench.model import Transformer
 
 DEFAULT_EPS = 1e-4  # LayerScale_Block's init_values default
@@ -47,20 +47,6 @@ def layerscale_eps(depth: int) -> float:
     if depth >= 24:
         return 1e-5
     return DEFAULT_EPS
-
-
-class LayerScaleResidual(Residual):
-    """``x + gamma * y`` with a learnable per-channel gain ``gamma`` of shape (C,)."""
-
-    def __init__(self, dim: int, init: float) -> None:
-        super().__init__()
-        self.gamma = nn.Parameter(torch.full((dim,), float(init)))
-
-    def combine(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return x + self.gamma * y
-
-    def extra_repr(self) -> str:
-        return f"dim={self.gamma.numel()}"
 
 
 @register_baseline
@@ -79,9 +65,9 @@ class LayerScale(Baseline):
         self.init = layerscale_eps(config.n_layers) if init is None else float(init)
 
     def residual(self, dim: int, branch: str, layer_idx: int, n_layers: int) -> Residual:
-        return LayerScaleResidual(dim, self.init)
+        return GatedResidual(nn.Parameter(torch.full((dim,), float(self.init))))  # diag(gamma), shape (C,)
 
     def check_init(self, model: Transformer, batch: torch.Tensor) -> list[str]:
         return [f"{name}: gamma must start at {self.init:g} in every channel"
                 for name, module in model.named_modules()
-                if isinstance(module, LayerScaleResidual) and not torch.all(module.gamma == self.init)]
+                if isinstance(module, GatedResidual) and not torch.all(module.gain == self.init)]

@@ -56,22 +56,6 @@ QK_NORMS = ("rmsnorm", "layernorm", "none")
 QK_EPS = 1e-16  # sqrt(eps) = 1e-8, the eps the reference adds to the RMS
 
 
-class FixedGainResidual(Residual):
-    """``x + gain * y`` with a constant scalar gain, kept as a buffer (saved, never trained)."""
-
-    gain: torch.Tensor
-
-    def __init__(self, gain: float) -> None:
-        super().__init__()
-        self.register_buffer("gain", torch.full((1,), float(gain)))
-
-    def combine(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return x + self.gain * y
-
-    def extra_repr(self) -> str:
-        return f"gain={self.gain.item():.4g}"
-
-
 @register_baseline
 class OPBlock(Baseline):
     name = "op_block"
@@ -98,7 +82,7 @@ class OPBlock(Baseline):
         gain = float(self.hp["resid_gain"])
         if self.hp["trainable_gains"]:
             return GatedResidual(nn.Parameter(torch.full((1,), gain)))
-        return FixedGainResidual(gain)
+        return GatedResidual(torch.full((1,), gain))  # fixed: a buffer
 
     def check_init(self, model: Transformer, batch: torch.Tensor) -> list[str]:
         want = float(self.hp["resid_gain"])

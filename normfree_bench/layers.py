@@ -24,14 +24,21 @@ class Residual(nn.Module):
 
 
 class GatedResidual(Residual):
-    """``x + gain * y`` with a learnable gain; the same Parameter may be shared by several branches."""
+    """``x + gain * y``. A Parameter gain is learnable (the same Parameter may be shared by several
+    branches); a plain tensor is a fixed buffer. Shape (1,) for a scalar, (C,) for a per-channel gain."""
 
-    def __init__(self, gain: nn.Parameter) -> None:
+    def __init__(self, gain: torch.Tensor) -> None:
         super().__init__()
-        self.gain = gain
+        if isinstance(gain, nn.Parameter):
+            self.gain = gain
+        else:
+            self.register_buffer("gain", gain)
 
     def combine(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return x + self.gain * y
+
+    def extra_repr(self) -> str:
+        return f"shape={tuple(self.gain.shape)}, learnable={isinstance(self.gain, nn.Parameter)}"
 
 
 class Scale(nn.Module):

@@ -190,14 +190,14 @@ def test_layerscale_per_channel_gains_on_a_pre_ln_model() -> None:
     assert all(isinstance(m, nn.LayerNorm) for m in sites(model).values())
     residuals = [r for b in model.blocks for r in (b.res_attn, b.res_mlp)]
     assert all(isinstance(r, Residual) for r in residuals)
-    gammas = [r.gamma for r in residuals]
+    gammas = [r.gain for r in residuals]
     assert len({id(g) for g in gammas}) == 2 * cfg.n_layers  # one vector per branch
     for g in gammas:
         assert isinstance(g, nn.Parameter) and g.shape == (cfg.d_model,) and torch.all(g == 1e-4)
     # x + diag(gamma) y
     res = model.blocks[0].res_mlp
     with torch.no_grad():
-        res.gamma.copy_(torch.arange(cfg.d_model, dtype=torch.float32))
+        res.gain.copy_(torch.arange(cfg.d_model, dtype=torch.float32))
     x, y = torch.randn(2, 3, cfg.d_model), torch.randn(2, 3, cfg.d_model)
     assert torch.allclose(res.combine(x, y), x + torch.arange(cfg.d_model) * y)
     assert res.branch_input(x) is x
@@ -206,9 +206,9 @@ def test_layerscale_per_channel_gains_on_a_pre_ln_model() -> None:
 
 def test_layerscale_init_hparam_and_deep_model() -> None:
     model = build_model("layerscale", tiny_config(), init=0.1)
-    assert torch.all(model.blocks[1].res_attn.gamma == 0.1)
+    assert torch.all(model.blocks[1].res_attn.gain == 0.1)
     deep = build_model("layerscale", ModelConfig(d_model=16, n_heads=2, n_layers=24, context_length=8))
-    assert torch.all(deep.blocks[23].res_mlp.gamma == 1e-5)
+    assert torch.all(deep.blocks[23].res_mlp.gain == 1e-5)
     assert deep.baseline.check_init(deep, torch.zeros(1, 8, dtype=torch.long)) == []
 
 
