@@ -232,15 +232,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from normfree_bench.analyze import analyze_run
+    from tabulate import tabulate
+
+    from normfree_bench.analyze import analyze_run, csv_row
 
     run_dir = Path(args.run_dir)
     analysis = analyze_run(run_dir, scope=args.trials, low_precision=not args.no_low_precision,
                            storage_url=args.storage, progress=not args.no_progress)
-    from tabulate import tabulate
-
-    from normfree_bench.analyze import csv_row
-
     rows = [csv_row(e) for e in analysis["trials"]]
     keys = ["baseline", "lr", "val_loss", "reproduced", "n_outlier_dims", "max_kurtosis",
             "ptq_int8_w_act_tensor_delta", "ptq_int8_w_act_token_delta", "ptq_fp8_e4m3_delta",

@@ -102,12 +102,11 @@ def collect(record: dict[str, Any], run_dir: Path,
         if trial.state != optuna.trial.TrialState.COMPLETE:
             continue
         records.append(metric_record(row, trial))
+        key = {k: row[k] for k in ("trial", "baseline", "lr", "seed", *axes)}  # leads every curve and diagnostics row
         for step, train_loss, val_loss, grad_norm in trial.user_attrs.get("curve", []):
-            curves.append({**{k: row[k] for k in ("trial", "baseline", "lr", "seed", *axes)}, "step": step,
-                           "train_loss": train_loss, "val_loss": val_loss, "grad_norm": grad_norm})
+            curves.append({**key, "step": step, "train_loss": train_loss, "val_loss": val_loss, "grad_norm": grad_norm})
         for values in trial.user_attrs.get("diagnostics", []):
-            diagnostics.append({**{k: row[k] for k in ("trial", "baseline", "lr", "seed", *axes)},
-                                **dict(zip(DIAG_COLUMNS, values))})
+            diagnostics.append({**key, **dict(zip(DIAG_COLUMNS, values))})
     return trials, curves, records, diagnostics
 
 
