@@ -3,7 +3,7 @@
 Usage: ``cp baselines/_template.py baselines/mynorm.py``, edit, then ``normfree-bench baselines check mynorm``
 
 State the paper link and every choice where the literature is ambiguous in this docstring.
-Override only the hooks that differ from the pre-LN Transformer; see normfree_bench/api.py.
+Override only the hooks that differ from the pre-LN Transformer; see normfree_bench/core/baseline.py.
 """
 
 from torch import nn
@@ -23,7 +23,7 @@ class MyNorm(Baseline):
         # site is "attn", "mlp" or "final" (for final, layer_idx == n_layers)
         return nn.RMSNorm(dim, eps=self.hp["eps"])
 
-    # Other hooks, with their defaults in normfree_bench.api.Baseline:
+    # Other hooks, with their defaults in normfree_bench.core.baseline.Baseline:
     # residual(dim, branch, layer_idx, n_layers) -> Residual   (x + y)
     # activation() -> nn.Module                                  (GELU, or SiLU for SwiGLU)
     # embedding_scale(dim) -> nn.Module                          (identity)

@@ -13,7 +13,7 @@ Faithful to the paper (§5 eq. 10):
 - All three sites are replaced one-to-one: before attention, before the MLP and the final norm.
 - LM only: the learnable scalar after the embedding, init sqrt(d), as in the official GPT-2 patch
   (``(tok_emb + pos_emb) * shared_scale``).
-- Everything else is DyT's recipe (normfree_bench.pointwise.PointwiseBaseline): fp32 compute, no
+- Everything else is DyT's recipe (normfree_bench.core.pointwise.PointwiseBaseline): fp32 compute, no
   weight decay on the scalars and 1-D parameters, beta only with ``model.bias``, the
   ``alpha_init`` / ``alpha_init_attn`` / ``alpha_init_other`` / ``sites_with_layernorm`` hparams.
 
@@ -30,7 +30,7 @@ Choices where the literature is ambiguous:
 
 from normfree_bench import register_baseline
 from normfree_bench.config import ModelConfig
-from normfree_bench.pointwise import Erf, PointwiseBaseline
+from normfree_bench.core.pointwise import Erf, PointwiseBaseline
 
 DERF_ALPHA = 0.5  # paper §5 eq. 10 and the official ViT module: alpha init 0.5
 

@@ -26,14 +26,14 @@ Choices where the sources differ:
 - ``alpha_init`` overrides both site values (for alpha_0 sweeps); ``sites_with_layernorm: [final]``
   keeps a LayerNorm at the final site (any subset of attn, mlp, final may be listed).
 
-The recipe lives in normfree_bench.pointwise.PointwiseBaseline, shared with Derf and the squashing
+The recipe lives in normfree_bench.core.pointwise.PointwiseBaseline, shared with Derf and the squashing
 ablations (hardtanh, sigmoid, softsign, isru, identity); DyT is that recipe with f = tanh and no shift.
 """
 
 from torch import nn
 
 from normfree_bench import register_baseline
-from normfree_bench.pointwise import PointwiseBaseline
+from normfree_bench.core.pointwise import PointwiseBaseline
 
 
 @register_baseline

@@ -27,8 +27,8 @@ import math
 from torch import nn
 
 from normfree_bench import Baseline, register_baseline
-from normfree_bench.invariants import branches_are_silent
-from normfree_bench.layers import Residual, Scale, Shift
+from normfree_bench.core.invariants import branches_are_silent
+from normfree_bench.core.layers import Residual, Scale, Shift
 
 
 class FixupResidual(Residual):

@@ -7,7 +7,7 @@ https://arxiv.org/abs/2503.10622, §6.1 and Table 7: replacing tanh by the ident
 makes ViT-S and ViT-B training diverge. This is the negative control of the point-wise family:
 the only thing left at a norm site is a learnable affine map, so nothing bounds the activations.
 
-Faithful to the paper: everything but f is DyT's recipe (normfree_bench.pointwise.PointwiseBaseline):
+Faithful to the paper: everything but f is DyT's recipe (normfree_bench.core.pointwise.PointwiseBaseline):
 one learnable scalar alpha per layer, per-channel gamma (1) and beta (0), all three sites replaced,
 the sqrt(d) embedding scalar for LMs, DyT's alpha_0 rule (width table for LMs, 0.5 for ViTs).
 
@@ -20,7 +20,7 @@ Choices:
 from torch import nn
 
 from normfree_bench import register_baseline
-from normfree_bench.pointwise import PointwiseBaseline
+from normfree_bench.core.pointwise import PointwiseBaseline
 
 
 @register_baseline

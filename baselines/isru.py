@@ -11,7 +11,7 @@ https://arxiv.org/abs/2512.10938, Table 7: ViT-B 82.3% against 82.6% for tanh).
 Faithful to the papers: DyISRU is ``y_i = sqrt(C) * x_i / sqrt(b + x_i^2)`` with one learnable scalar
 b. Since ``x / sqrt(b + x^2) = u / sqrt(1 + u^2)`` with ``u = x / sqrt(b)``, it is exactly this
 function with ``alpha = 1 / sqrt(b)``, the sqrt(C) factor absorbed into gamma. Everything else is
-DyT's recipe (normfree_bench.pointwise.PointwiseBaseline): one learnable scalar alpha per layer,
+DyT's recipe (normfree_bench.core.pointwise.PointwiseBaseline): one learnable scalar alpha per layer,
 per-channel gamma (1) and beta (0), all three sites replaced, the sqrt(d) embedding scalar for LMs.
 
 Choices where the literature is ambiguous:
@@ -24,7 +24,7 @@ Choices where the literature is ambiguous:
 """
 
 from normfree_bench import register_baseline
-from normfree_bench.pointwise import ISRU, PointwiseBaseline
+from normfree_bench.core.pointwise import ISRU, PointwiseBaseline
 
 
 @register_baseline

@@ -31,11 +31,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from normfree_bench import Baseline, register_baseline
+from normfree_bench import Baseline, ModelView, register_baseline
 from normfree_bench.config import ModelConfig
-from normfree_bench.errors import UserError
-from normfree_bench.layers import GatedResidual, Residual
-from normfree_bench.model import Transformer
+from normfree_bench.core.layers import GatedResidual, Residual
 
 DEFAULT_EPS = 1e-4  # LayerScale_Block's init_values default
 
@@ -56,18 +54,17 @@ class LayerScale(Baseline):
     paper = "https://arxiv.org/abs/2103.17239"
     group = "ablation"
     hparams = {"init": None}  # None: eps by depth (1e-4 below 24 blocks, 1e-5 to 35, 1e-6 from 36)
+    hparam_types = {"init": float | None}
 
     def __init__(self, config: ModelConfig, **hparams: Any) -> None:
         super().__init__(config, **hparams)
         init = self.hp["init"]
-        if init is not None and (isinstance(init, bool) or not isinstance(init, (int, float))):
-            raise UserError(f"layerscale: init must be a number or null, got {init!r}")
-        self.init = layerscale_eps(config.n_layers) if init is None else float(init)
+        self.init = layerscale_eps(config.n_layers) if init is None else init
 
     def residual(self, dim: int, branch: str, layer_idx: int, n_layers: int) -> Residual:
         return GatedResidual(nn.Parameter(torch.full((dim,), float(self.init))))  # diag(gamma), shape (C,)
 
-    def check_init(self, model: Transformer, batch: torch.Tensor) -> list[str]:
+    def check_init(self, model: ModelView, batch: torch.Tensor) -> list[str]:
         return [f"{name}: gamma must start at {self.init:g} in every channel"
                 for name, module in model.named_modules()
                 if isinstance(module, GatedResidual) and not torch.all(module.gain == self.init)]

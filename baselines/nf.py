@@ -36,6 +36,7 @@ Adaptations (choices):
 """
 
 import math
+from typing import Literal
 
 import numpy as np
 import torch
@@ -44,9 +45,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from normfree_bench import Baseline, register_baseline
-from normfree_bench.errors import UserError
-from normfree_bench.invariants import block_streams, branches_are_silent
-from normfree_bench.layers import Residual, Scale, make_norm
+from normfree_bench.core.invariants import block_streams, branches_are_silent
+from normfree_bench.core.layers import Residual, Scale, make_norm
 
 GELU_GAMMA = 1.7015043497085571  # deepmind-research nfnets/base.py
 
@@ -106,11 +106,10 @@ class NF(Baseline):
     paper = "https://arxiv.org/abs/2102.06171"
     norm_free = True
     hparams = {"alpha": 0.2, "skip_gain_init": 0.0, "agc_clip": 0.01, "agc_eps": 1e-3, "final": "scale"}
+    hparam_types = {"final": Literal["scale", "layernorm"]}
 
     def __init__(self, config, **hparams) -> None:
         super().__init__(config, **hparams)
-        if self.hp["final"] not in ("scale", "layernorm"):
-            raise UserError(f"nf: invalid final {self.hp['final']!r}; valid: scale, layernorm")
         self.norm_free = self.hp["final"] == "scale"
 
     def norm(self, dim, site, layer_idx, n_layers):
@@ -153,7 +152,7 @@ class NF(Baseline):
             if not parametrize.is_parametrized(linear, "weight"):
                 parametrize.register_parametrization(linear, "weight", ScaledWS(linear.out_features))
         variances = self.expected_variances(model)
-        residuals = [r for block in model.blocks for r in (block.res_attn, block.res_mlp)]
+        residuals = [residual for _, _, _, residual in model.residual_sites()]
         for residual, var in zip(residuals, variances):
             residual.inv_beta.fill_(var**-0.5)
         if isinstance(model.norm_final, Scale):
@@ -180,7 +179,7 @@ class NF(Baseline):
                 problems.append(f"block {block.layer_idx} MLP maps unit variance to {var:.2f}")
         # With every skip gain at 1, the measured stream variance stays at or below the analytic
         # schedule: attention averages over tokens and adds less than alpha^2 (the safe direction).
-        gains = [r.skip_gain for b in model.blocks for r in (b.res_attn, b.res_mlp)]
+        gains = [residual.skip_gain for _, _, _, residual in model.residual_sites()]
         saved = [g.detach().clone() for g in gains]
         with torch.no_grad():
             for g in gains:

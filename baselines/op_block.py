@@ -41,18 +41,14 @@ Choices where the sources differ:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Literal
 
 import torch
 from torch import nn
 
-from normfree_bench import Baseline, register_baseline
-from normfree_bench.config import ModelConfig
-from normfree_bench.errors import UserError
-from normfree_bench.layers import GatedResidual, Residual, make_norm
-from normfree_bench.model import Transformer
+from normfree_bench import Baseline, ModelView, register_baseline
+from normfree_bench.core.layers import GatedResidual, Residual, make_norm
 
-QK_NORMS = ("rmsnorm", "layernorm", "none")
 QK_EPS = 1e-16  # sqrt(eps) = 1e-8, the eps the reference adds to the RMS
 
 
@@ -64,11 +60,7 @@ class OPBlock(Baseline):
     norm_free = False  # it keeps two LayerNorms and the QK-norms
     group = "ablation"
     hparams = {"resid_gain": 0.2, "trainable_gains": False, "qk_norm": "rmsnorm"}
-
-    def __init__(self, config: ModelConfig, **hparams: Any) -> None:
-        super().__init__(config, **hparams)
-        if self.hp["qk_norm"] not in QK_NORMS:
-            raise UserError(f"op_block: unknown qk_norm {self.hp['qk_norm']!r}; valid: {', '.join(QK_NORMS)}")
+    hparam_types = {"qk_norm": Literal["rmsnorm", "layernorm", "none"]}
 
     def norm(self, dim: int, site: str, layer_idx: int, n_layers: int) -> nn.Module:
         if site == "final" or (site == "attn" and layer_idx == 0):
@@ -84,8 +76,8 @@ class OPBlock(Baseline):
             return GatedResidual(nn.Parameter(torch.full((1,), gain)))
         return GatedResidual(torch.full((1,), gain))  # fixed: a buffer
 
-    def check_init(self, model: Transformer, batch: torch.Tensor) -> list[str]:
+    def check_init(self, model: ModelView, batch: torch.Tensor) -> list[str]:
         want = float(self.hp["resid_gain"])
-        return [f"block {block.layer_idx} {branch}: residual gain must start at {want:g}"
-                for block in model.blocks for branch, res in (("attn", block.res_attn), ("mlp", block.res_mlp))
+        return [f"block {layer} {branch}: residual gain must start at {want:g}"
+                for layer, branch, _, res in model.residual_sites()
                 if not torch.allclose(res.gain, torch.full_like(res.gain, want))]

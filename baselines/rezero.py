@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from normfree_bench import Baseline, register_baseline
-from normfree_bench.invariants import branches_are_silent
-from normfree_bench.layers import GatedResidual, Residual
+from normfree_bench.core.invariants import branches_are_silent
+from normfree_bench.core.layers import GatedResidual, Residual
 
 
 @register_baseline

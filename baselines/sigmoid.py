@@ -6,7 +6,7 @@ Paper: Zhu, Chen, He, LeCun, Liu, "Transformers without Normalization", CVPR 202
 https://arxiv.org/abs/2503.10622, §6.1 and Table 7 (squashing functions): tanh replaced by a
 sigmoid trains, but ViT-B reaches 81.6% against 82.5% with tanh.
 
-Faithful to the paper: everything but f is DyT's recipe (normfree_bench.pointwise.PointwiseBaseline):
+Faithful to the paper: everything but f is DyT's recipe (normfree_bench.core.pointwise.PointwiseBaseline):
 one learnable scalar alpha per layer, per-channel gamma (1) and beta (0), all three sites replaced,
 the sqrt(d) embedding scalar for LMs, DyT's alpha_0 rule (width table for LMs, 0.5 for ViTs).
 
@@ -26,7 +26,7 @@ Choices where the literature is ambiguous:
 """
 
 from normfree_bench import register_baseline
-from normfree_bench.pointwise import CenteredSigmoid, PointwiseBaseline
+from normfree_bench.core.pointwise import CenteredSigmoid, PointwiseBaseline
 
 
 @register_baseline

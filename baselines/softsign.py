@@ -7,7 +7,7 @@ CVPR 2025, https://arxiv.org/abs/2503.10622, §6.1 ablates the squashing functio
 one of the candidate functions of Derf (Chen et al., "Stronger Normalization-Free Transformers",
 https://arxiv.org/abs/2512.10938, Table 7, "smoothsign": ViT-B 82.4% against 82.6% for tanh).
 
-Faithful to the papers: everything but f is DyT's recipe (normfree_bench.pointwise.PointwiseBaseline):
+Faithful to the papers: everything but f is DyT's recipe (normfree_bench.core.pointwise.PointwiseBaseline):
 one learnable scalar alpha per layer, per-channel gamma (1) and beta (0), all three sites replaced,
 the sqrt(d) embedding scalar for LMs, DyT's alpha_0 rule (width table for LMs, 0.5 for ViTs).
 
@@ -22,7 +22,7 @@ Choices where the literature is ambiguous:
 from torch import nn
 
 from normfree_bench import register_baseline
-from normfree_bench.pointwise import PointwiseBaseline
+from normfree_bench.core.pointwise import PointwiseBaseline
 
 
 @register_baseline

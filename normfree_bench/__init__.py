@@ -5,19 +5,26 @@ Usage::
     from normfree_bench import ModelConfig, build_model, list_baselines
     model = build_model("dyt", ModelConfig(d_model=64, n_layers=4))
     logits = model(ids)  # ids: LongTensor (B, T) -> (B, T, vocab_size)
+
+``normfree_bench.convert`` (apply a baseline to a timm model) is loaded on first use, so importing the
+package, or a plugin, does not import timm's ViT.
 """
 
-from normfree_bench.api import Baseline
+from typing import Any
+
+from normfree_bench import _legacy
 from normfree_bench.config import ModelConfig
-from normfree_bench.convert import convert
-from normfree_bench.model import Transformer, build_model
-from normfree_bench.registry import get_baseline, list_baselines, load_plugin, register_baseline
+from normfree_bench.core.baseline import Baseline, ModelView
+from normfree_bench.core.registry import get_baseline, list_baselines, load_plugin, register_baseline
+from normfree_bench.models.factory import build_model
+from normfree_bench.models.transformer import Transformer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Baseline",
     "ModelConfig",
+    "ModelView",
     "Transformer",
     "build_model",
     "convert",
@@ -26,3 +33,13 @@ __all__ = [
     "load_plugin",
     "register_baseline",
 ]
+
+_legacy.install()
+
+
+def __getattr__(name: str) -> Any:
+    if name == "convert":
+        from normfree_bench.models.convert import convert
+
+        return convert
+    raise AttributeError(f"module 'normfree_bench' has no attribute {name!r}")

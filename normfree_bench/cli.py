@@ -14,13 +14,33 @@ Bad input ends with exit code 2 and one line on stderr naming the problem and wh
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from tabulate import tabulate
+from tqdm import tqdm
+
+from normfree_bench.analysis.analyze import analyze_run, csv_row
+from normfree_bench.config import load_run_config, merge, parse_set
+from normfree_bench.config.suites import suite_path
+from normfree_bench.core.registry import discover, get_baseline, list_baselines, load_plugin
 from normfree_bench.errors import UserError
+from normfree_bench.io import write_json
+from normfree_bench.models.contract import check_baseline
+from normfree_bench.report import write_report
+from normfree_bench.store.rundir import read_run, run_axes, run_studies
+from normfree_bench.store.storage import open_storage
+from normfree_bench.sweep.driver import run_sweep
+from normfree_bench.sweep.worker import work_on_run
+from normfree_bench.tables.export import collect, leaderboard_rows, write_results
+from normfree_bench.tables.render import render, sort_rows
+from normfree_bench.tools.overhead import measure_overhead
+from normfree_bench.tools.speed import SpeedSettings, render_tables, run_speed
+from normfree_bench.training.train import quiet_lightning, resolve_device, train_one, write_run
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,60 +61,30 @@ def _add_set(p: argparse.ArgumentParser) -> None:
 
 
 def _load_plugins(paths: list[str]) -> None:
-    from normfree_bench.registry import discover, load_plugin
-
     discover()
     for path in paths:
         load_plugin(path)
 
 
-def parse_set(items: list[str]) -> dict[str, Any]:
-    """``--set a.b=VALUE`` pairs as a nested override mapping; VALUE is read as YAML."""
-    import yaml
-
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key or any(not part for part in key.split(".")):
-            raise UserError(f"--set needs KEY=VALUE with a dotted key, e.g. hparams.dyt.alpha_init=0.5; got {item!r}")
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError as exc:
-            raise UserError(f"--set {key}: the value {raw!r} is not valid YAML") from exc
-        node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise UserError(f"--set {key}: '{part}' is set both as a value and as a section")
-        node[leaf] = value
-    return out
-
-
-def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    from normfree_bench.config import merge
-
-    train: dict[str, Any] = {}
-    for key in ("lr", "steps", "seed", "device"):
-        value = getattr(args, key, None)
-        if value is not None:
-            train[key] = value
-    overrides: dict[str, Any] = {"train": train} if train else {}
+def overrides_of(args: argparse.Namespace) -> dict[str, Any]:
+    """Every config override of a command line, composed: the ``--set`` pairs, then the dedicated
+    flags (``--lr``, ``--steps``, ``--seed``, ``--device``, ``--baseline``, ``--baselines``), each of
+    which overrides only its own key, so a flag and ``--set`` on the same section merge."""
+    flags: dict[str, Any] = {"train": {k: getattr(args, k) for k in ("lr", "steps", "seed", "device")
+                                       if getattr(args, k, None) is not None}}
     if getattr(args, "baseline", None):
-        overrides["baseline"] = args.baseline
-    return merge(parse_set(args.set), overrides)
+        flags["baseline"] = args.baseline
+    if getattr(args, "baselines", None) is not None:
+        flags["sweep"] = {"baselines": [b.strip() for b in args.baselines.split(",") if b.strip()]}
+    return merge(parse_set(getattr(args, "set", [])), {k: v for k, v in flags.items() if v != {}})
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from normfree_bench.config import load_run_config
-    from normfree_bench.registry import get_baseline
-
     _load_plugins(args.plugin)
-    cfg = load_run_config(args.config, _run_overrides(args))
+    cfg = load_run_config(args.config, overrides_of(args))
     get_baseline(cfg.baseline)
     out = Path(args.out or f"runs/train-{cfg.baseline}")
     _check_writable(out, create=True)
-    from normfree_bench.train import resolve_device, train_one, write_run
 
     resolve_device(cfg.train.device)
     result = train_one(cfg, progress_bar=not args.no_progress)
@@ -121,10 +111,6 @@ def _check_writable(out: Path, create: bool = False) -> None:
 
 
 def cmd_baselines_list(args: argparse.Namespace) -> int:
-    from tabulate import tabulate
-
-    from normfree_bench.registry import get_baseline, list_baselines
-
     _load_plugins(args.plugin)
     rows = []
     for name in list_baselines():
@@ -137,11 +123,6 @@ def cmd_baselines_list(args: argparse.Namespace) -> int:
 
 
 def cmd_baselines_check(args: argparse.Namespace) -> int:
-    from tabulate import tabulate
-
-    from normfree_bench.contract import check_baseline
-    from normfree_bench.registry import get_baseline, load_plugin
-
     _load_plugins(args.plugin)
     target = args.target
     names = load_plugin(target) if target.endswith(".py") or Path(target).is_file() else [target]
@@ -159,21 +140,11 @@ def cmd_baselines_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from normfree_bench.config import load_run_config, merge
-
     _load_plugins(args.plugin)
-    path = args.config or (_suite_path(args.suite) if args.suite else _suite_path("default"))
-    overrides: dict[str, Any] = parse_set(args.set)
-    if args.baselines:
-        overrides["sweep"] = {"baselines": [b.strip() for b in args.baselines.split(",") if b.strip()]}
-    if args.device:
-        overrides = merge(overrides, {"train": {"device": args.device}})
-    cfg = load_run_config(path, overrides)
+    path = args.config or suite_path(args.suite or "default")
+    cfg = load_run_config(path, overrides_of(args))
     out = Path(args.out or f"runs/{Path(path).stem}")
     _check_writable(out)
-    from normfree_bench.leaderboard import render
-    from normfree_bench.results import run_axes, write_results
-    from normfree_bench.sweep import run_sweep
 
     try:
         record = run_sweep(cfg, out, storage_url=args.storage, force_new=args.force_new,
@@ -190,12 +161,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from normfree_bench.storage import open_storage
-    from normfree_bench.train import quiet_lightning
-    from normfree_bench.worker import run_studies, work_on_run
-
     _load_plugins(args.plugin)
     quiet_lightning()
     storage = open_storage(args.storage)
@@ -207,9 +172,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from normfree_bench.leaderboard import render, sort_rows
-    from normfree_bench.results import collect, leaderboard_rows, read_run, run_axes
-
     all_rows: list[dict[str, Any]] = []
     axes: list[str] = []
     for run_dir in args.run_dirs:
@@ -224,18 +186,12 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from normfree_bench.results import write_results
-
     write_results(Path(args.run_dir), storage_url=args.storage)
     print(f"plots written to {Path(args.run_dir) / 'plots'}")
     return 0
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from tabulate import tabulate
-
-    from normfree_bench.analyze import analyze_run, csv_row
-
     run_dir = Path(args.run_dir)
     analysis = analyze_run(run_dir, scope=args.trials, low_precision=not args.no_low_precision,
                            storage_url=args.storage, progress=not args.no_progress)
@@ -249,38 +205,27 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from normfree_bench.report import write_report
-
     print(f"report written to {write_report(Path(args.run_dir))}")
     return 0
 
 
 def cmd_speed(args: argparse.Namespace) -> int:
-    from normfree_bench.train import resolve_device
-
     _load_plugins(args.plugin)
     device = resolve_device(args.device or "auto")
     out = Path(args.out)
     _check_writable(out, create=True)
     if args.overhead:
-        from normfree_bench.config import load_run_config, merge
-        from normfree_bench.io import write_json
-        from normfree_bench.overhead import measure_overhead
-        from normfree_bench.train import quiet_lightning
-
         quiet_lightning()
         overrides = merge(parse_set(args.set), {"baseline": "layernorm", "train": {"device": device}})
         if args.steps:
             overrides = merge(overrides, {"train": {"steps": args.steps}})
-        cfg = load_run_config(_suite_path(args.suite), overrides)
+        cfg = load_run_config(suite_path(args.suite), overrides)
         result = measure_overhead(cfg, repeats=args.repeats)
         write_json(out / "overhead.json", result)
         print(f"harness {result['harness_s']:.2f} s / bare loop {result['bare_s']:.2f} s = {result['ratio']:.3f} "
               f"(min {result['ratio_min']:.3f}, max {result['ratio_max']:.3f}; {result['repeats']} pairs, "
               f"{result['steps']} steps of the '{args.suite}' model, target <= 1.05) -> {out / 'overhead.json'}")
         return 0
-    from normfree_bench.registry import get_baseline, list_baselines
-    from normfree_bench.speed import SpeedSettings, render_tables, run_speed
 
     names = [b.strip() for b in args.baselines.split(",")] if args.baselines else list_baselines()
     for name in names:
@@ -295,12 +240,6 @@ def cmd_speed(args: argparse.Namespace) -> int:
     print(render_tables(rows))
     print(f"\nspeed.json, speed.csv, speed.md and speed.png in {out}/")
     return 0
-
-
-def _suite_path(name: str) -> Path:
-    from normfree_bench.suites import suite_path
-
-    return suite_path(name)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -399,8 +338,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import logging
-
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime" on CPU hosts
     args = build_parser().parse_args(argv)
     try:

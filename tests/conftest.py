@@ -16,6 +16,27 @@ from typing import Any
 import pytest
 import torch
 
+# Fixtures that run a whole sweep, analysis or report, and tests that start a fresh interpreter (a few
+# seconds each): they make up the slow tier; `pytest -m "not slow"` runs everything else.
+SLOW_FIXTURES = {"smoke", "smoke_dir", "analyzed", "report", "plugin_run", "uninterrupted"}
+SLOW_TESTS = {
+    "test_console_script_bad_input", "test_baselines_list_subprocess",
+    "test_baselines_check_plugin_whose_forward_raises",
+    "test_python_m_entry_point_help", "test_readme_plugin_example_passes_the_contract",
+    "test_readme_convert_example_prints_its_report", "test_builtin_folder_override_and_entry_points",
+    "test_a_plugin_written_against_the_old_flat_layout_still_loads_and_checks",
+    "test_old_module_paths_are_the_new_modules_with_a_deprecation_warning", "test_public_imports_and_a_lazy_convert",
+    "test_vision_smoke_suite_end_to_end", "test_compiled_layer_benchmark_reports_compile_time",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        name = getattr(item, "originalname", item.name)
+        if name in SLOW_TESTS or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) \
+                or item.module.__name__.endswith("test_resilience"):
+            item.add_marker(pytest.mark.slow)
+
 
 def pytest_configure(config: pytest.Config) -> None:
     # One on-disk corpus cache per test session, outside the user's cache.
@@ -28,7 +49,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture
 def tiny_cfg():
-    from normfree_bench.contract import tiny_config
+    from normfree_bench.models.contract import tiny_config
 
     return tiny_config()
 
@@ -37,7 +58,7 @@ def tiny_cfg():
 def private_cache(root: Path) -> Iterator[Path]:
     """A corpus cache of its own under ``root`` (for in-process and subprocess runs) and the
     built-in baselines folder; the in-process corpus memo is cleared on entry and exit."""
-    from normfree_bench import data
+    from normfree_bench.data import text as data
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("NORMFREE_BENCH_CACHE", str(root / "cache"))

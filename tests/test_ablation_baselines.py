@@ -14,11 +14,11 @@ from torch import nn
 
 from normfree_bench import ModelConfig, Transformer, build_model, get_baseline, list_baselines
 from normfree_bench.config import RunConfig, load_run_config
-from normfree_bench.contract import tiny_batch, tiny_config
-from normfree_bench.layers import PointwiseNorm, Residual
-from normfree_bench.pointwise import PointwiseBaseline
-from normfree_bench.suites import suite_path
-from normfree_bench.sweep import sweep_baselines
+from normfree_bench.config.suites import suite_path
+from normfree_bench.core.layers import PointwiseNorm, Residual
+from normfree_bench.core.pointwise import PointwiseBaseline
+from normfree_bench.models.contract import tiny_batch, tiny_config
+from normfree_bench.sweep.grid import sweep_baselines
 
 POINTWISE = ["derf", "hardtanh", "sigmoid", "softsign", "isru", "identity"]
 ABLATIONS = [*POINTWISE, "layerscale", "op_block"]

@@ -20,9 +20,9 @@ import pytest
 import torch
 
 from normfree_bench import ModelConfig, build_model
-from normfree_bench.analyze import alpha_vs_inv_std, choose_trials
-from normfree_bench.diagnostics import DiagnosticProbe, owner_of
+from normfree_bench.analysis.analyze import alpha_vs_inv_std, choose_trials
 from normfree_bench.errors import UserError
+from normfree_bench.training.diagnostics import DiagnosticProbe, learnable_scalars, scalar_owners
 from tests.test_report import rendered_images
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,11 +123,13 @@ def test_qk_norm_bounds_the_attention_logits(ids: torch.Tensor) -> None:
     assert next(r[4] for r in rows if r[3] == "max_attn_logit" and r[1] == 0) > 100
 
 
-def test_owner_of_module_names() -> None:
-    assert owner_of("blocks.3.norm_mlp", 4) == (3, "mlp")
-    assert owner_of("blocks.0.res_attn", 4) == (0, "attn_residual")
-    assert owner_of("norm_final", 4) == (4, "final")
-    assert owner_of("embed_scale", 4) == (None, "embed_scale")
+def test_scalars_are_placed_at_the_site_or_residual_that_holds_them() -> None:
+    owners = scalar_owners(tiny("rezero"))
+    assert owners["blocks.1.norm_mlp"] == (1, "mlp") and owners["norm_final"] == (2, "final")
+    assert owners["blocks.0.res_attn"] == (0, "attn_residual") and owners["blocks.1.res_mlp"] == (1, "mlp_residual")
+    fixup = {(layer, site, metric) for layer, site, metric, _ in learnable_scalars(tiny("fixup"))}
+    assert (0, "attn_residual", "param.shift.bias") in fixup and (1, "mlp_residual", "param.scale.scale") in fixup
+    assert (None, "blocks.0.mlp.act.0", "param.bias") in fixup  # a scalar outside every site keeps its module path
 
 
 def test_alpha_vs_inv_std_pairs_alpha_with_the_same_site_and_step() -> None:
@@ -142,14 +144,19 @@ def test_alpha_vs_inv_std_pairs_alpha_with_the_same_site_and_step() -> None:
     assert out["0.attn"]["inv_std"] == [0.5, 0.25, 0.125]
 
 
-def test_choose_trials_skips_diverged_and_unknown_scope() -> None:
-    trials = [{"trial": "a-0", "baseline": "a", "status": "COMPLETE", "final_val_loss": 2.0, "diverged": False},
-              {"trial": "a-1", "baseline": "a", "status": "COMPLETE", "final_val_loss": 1.0, "diverged": True},
-              {"trial": "a-2", "baseline": "a", "status": "FAIL", "final_val_loss": None, "diverged": None}]
-    assert [t["trial"] for t in choose_trials(trials, "best")] == ["a-0"]
-    assert [t["trial"] for t in choose_trials(trials, "all")] == ["a-0", "a-1"]
+def test_choose_trials_takes_the_leaderboards_best_lr_and_skips_diverged_and_unknown_scope() -> None:
+    def trial(n: int, lr: float, seed: int, loss: float | None, diverged: bool = False, status: str = "COMPLETE"):
+        return {"trial": f"a-{n}", "baseline": "a", "lr": lr, "seed": seed, "status": status,
+                "final_val_loss": loss, "diverged": diverged}
+
+    # The single lowest trial (a-2, 0.9 at lr 0.1) is not at the best LR by the mean over seeds (0.01).
+    trials = [trial(0, 0.01, 0, 2.0), trial(1, 0.01, 1, 1.8), trial(2, 0.1, 0, 0.9), trial(3, 0.1, 1, 3.5),
+              trial(4, 0.01, 2, 1.0, diverged=True), trial(5, 0.01, 3, None, status="FAIL")]
+    rows = [{"baseline": "a", "best_lr": 0.01}]
+    assert [t["trial"] for t in choose_trials(trials, rows, [], "best")] == ["a-1"]
+    assert [t["trial"] for t in choose_trials(trials, rows, [], "all")] == ["a-0", "a-1", "a-2", "a-3", "a-4"]
     with pytest.raises(UserError, match="valid: best, all"):
-        choose_trials(trials, "some")
+        choose_trials(trials, rows, [], "some")
 
 
 # ---- diagnostics.csv of the real smoke run -------------------------------------------------------

@@ -9,15 +9,15 @@ import torch
 from torch import nn
 
 from normfree_bench import Baseline, ModelConfig, build_model, list_baselines
-from normfree_bench.contract import CHECKS, check_baseline, lm_loss, tiny_batch, tiny_config
-from normfree_bench.layers import PointwiseNorm
+from normfree_bench.core.layers import PointwiseNorm
+from normfree_bench.models.contract import CHECKS, check_baseline, lm_loss, tiny_batch, tiny_config
 
 BUILTINS = ["layernorm", "rmsnorm", "dyt", "fixup", "rezero", "skipinit", "nf"]
 
 
 def test_all_seven_builtins_are_registered():
     assert set(BUILTINS) <= set(list_baselines())
-    assert list_baselines()[0] == "layernorm"
+    assert list_baselines() == sorted(list_baselines())
 
 
 @pytest.mark.parametrize("preset", ["gpt2", "llama"])
@@ -72,7 +72,7 @@ def test_check_baseline_reports_a_raising_forward_as_failed():
         def residual(self, dim, branch, layer_idx, n_layers):
             raise RuntimeError("boom")
 
-    from normfree_bench import registry
+    from normfree_bench.core import registry
 
     registry._REGISTRY["raising_test"] = Raising
     try:
@@ -91,7 +91,7 @@ def test_dyt_alpha_per_site_embedding_scalar_and_width_rule():
     assert len(dyts) == 2 * cfg.n_layers + 1  # every site replaced, final included
     assert all(m.alpha.numel() == 1 for m in dyts.values())  # one scalar per layer
     assert model.embed_scale.scale.item() == pytest.approx(math.sqrt(cfg.d_model))
-    from normfree_bench.registry import get_baseline
+    from normfree_bench.core.registry import get_baseline
 
     dyt = get_baseline("dyt")
     wide = dyt(ModelConfig(d_model=4096, n_heads=32))

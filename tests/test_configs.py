@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from normfree_bench.config import ModelConfig, SweepConfig, load_run_config
+from normfree_bench.config.suites import configs_dir, list_suites, suite_path
+from normfree_bench.core.registry import get_baseline
 from normfree_bench.errors import UserError
-from normfree_bench.registry import get_baseline
-from normfree_bench.suites import configs_dir, list_suites, suite_path
-from normfree_bench.sweep import sweep_baselines, validate_axes
+from normfree_bench.sweep.grid import sweep_baselines, validate_axes
 
 SUITES = sorted(configs_dir().glob("*.yaml"))
 
@@ -74,7 +74,7 @@ def test_log_spaced_grid():
 
 
 def test_set_overrides_parse_dotted_keys_as_yaml():
-    from normfree_bench.cli import parse_set
+    from normfree_bench.config import parse_set
 
     assert parse_set(["hparams.dyt.alpha_init=0.5", "model.preset=llama", "hparams.dyt.sites_with_layernorm=[final]"]) \
         == {"hparams": {"dyt": {"alpha_init": 0.5, "sites_with_layernorm": ["final"]}}, "model": {"preset": "llama"}}
@@ -85,7 +85,7 @@ def test_set_overrides_parse_dotted_keys_as_yaml():
 
 def test_train_axes_are_valid_sweep_axes_but_lr_and_seed_are_not():
     from normfree_bench.config import build_dataclass
-    from normfree_bench.sweep import search_space, trial_config
+    from normfree_bench.sweep.grid import search_space, trial_config
 
     base = load_run_config(suite_path("smoke"))
     cfg = dataclasses.replace(base, sweep=build_dataclass(SweepConfig, {
@@ -100,3 +100,18 @@ def test_train_axes_are_valid_sweep_axes_but_lr_and_seed_are_not():
         bad = dataclasses.replace(cfg, sweep=dataclasses.replace(cfg.sweep, axes={axis: [1, 2]}))
         with pytest.raises(UserError, match="valid train axes"):
             validate_axes(bad, ["layernorm"])
+
+
+def test_an_explicit_empty_lr_list_is_an_error_not_the_default_grid():
+    with pytest.raises(UserError, match="sweep.lrs is an empty list"):
+        SweepConfig(lrs=[])
+    assert SweepConfig().lr_grid() == SweepConfig(lrs=None).lr_grid()
+
+
+def test_non_finite_numbers_are_refused_wherever_a_number_is_read():
+    from normfree_bench.config import load_run_config
+
+    for key, value in (("guard", {"margin": float("nan")}), ("sweep", {"target_loss": float("inf")}),
+                       ("model", {"mlp_ratio": float("nan")}), ("train", {"weight_decay": float("nan")})):
+        with pytest.raises(UserError, match="must be a finite number"):
+            load_run_config(None, {key: value})

@@ -13,10 +13,10 @@ from timm.models.vision_transformer import Block, ParallelScalingBlock
 from torch import nn
 from torch.nn.utils import parametrize
 
-from normfree_bench.api import Baseline
-from normfree_bench.convert import ConvertedBlock, convert
+from normfree_bench.core.baseline import Baseline
+from normfree_bench.core.layers import GatedResidual, PointwiseNorm, Scale
 from normfree_bench.errors import UserError
-from normfree_bench.layers import GatedResidual, PointwiseNorm, Scale
+from normfree_bench.models.convert import ConvertedBlock, convert
 
 NORMS = (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm, RmsNorm)
 NORM_REPLACING = ["rmsnorm", "dyt"]

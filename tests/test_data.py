@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from normfree_bench import data
 from normfree_bench.config import DataConfig
-from normfree_bench.data import Corpus, TrainWindows, load_corpus, stdlib_files, val_batches
+from normfree_bench.data import text as data
+from normfree_bench.data.text import Corpus, TrainWindows, load_corpus, stdlib_files, val_batches
 from normfree_bench.errors import UserError
 
 CTX = 32

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from normfree_bench import numerics as nx
+from normfree_bench.training import numerics as nx
 
 
 def gen(seed: int = 0) -> torch.Generator:

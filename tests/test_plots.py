@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after plots.py has chosen the Ag
 import numpy as np
 import pytest
 
-from normfree_bench import plots
+from normfree_bench.tables import plots
 
 L0 = math.log(256)
 LRS = [1e-4, 3e-4, 1e-3, 3e-3]

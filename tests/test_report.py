@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from normfree_bench.errors import UserError
-from normfree_bench.report import PNG_MAGIC, REPORT_NAME, write_report
+from normfree_bench.report.html import PNG_MAGIC, REPORT_NAME, write_report
 
 IMG_SRC = re.compile(r'<img\b[^>]*\bsrc="([^"]*)"')
 IMG_ALT = re.compile(r'<img\b[^>]*\balt="([^"]*)"')

@@ -21,9 +21,10 @@ import pytest
 import yaml
 
 from normfree_bench.config import load_run_config
-from normfree_bench.results import write_results
-from normfree_bench.storage import open_storage, resolve_storage
-from normfree_bench.sweep import run_sweep
+from normfree_bench.store.storage import open_storage, resolve_storage
+from normfree_bench.sweep.driver import run_sweep
+from normfree_bench.tables.export import write_results
+from normfree_bench.training.faults import FaultInjector
 from tests.conftest import private_cache, write_word_corpus
 
 REPO = Path(__file__).resolve().parent.parent
@@ -158,9 +159,8 @@ def test_ctrl_c_marks_the_trial_interrupted_writes_tables_and_resumes(root, unin
 ])
 def test_injected_faults_are_recorded_at_the_right_step_and_the_sweep_goes_on(root, kind, step, size, expect):
     out = root / f"fault-{kind}"
-    cfg = load_run_config(config(root, f"fault-{kind}", steps=30, lrs=[0.003, 0.01],
-                                 fault={"kind": kind, "step": step, "size": size}))
-    run_sweep(cfg, out, progress=False)
+    cfg = load_run_config(config(root, f"fault-{kind}", steps=30, lrs=[0.003, 0.01]))
+    run_sweep(cfg, out, progress=False, callbacks=[FaultInjector(kind, step, size)])
     write_results(out, plots=False)
     trials = [t for t in study_trials(out) if t.state.name == "COMPLETE"]
     assert len(trials) == 2  # the sweep went on past the fault
@@ -190,8 +190,8 @@ def test_exploding_lr_diverges_and_a_raising_trial_fails_alone(root):
     assert by_lr[0.01].user_attrs["diverged"] is False
 
     out = root / "raising"
-    cfg = load_run_config(config(root, "raising", steps=20, lrs=[0.003, 0.01], fault={"kind": "raise", "step": 5}))
-    run_sweep(cfg, out, progress=False)
+    cfg = load_run_config(config(root, "raising", steps=20, lrs=[0.003, 0.01]))
+    run_sweep(cfg, out, progress=False, callbacks=[FaultInjector("raise", 5)])
     trials = study_trials(out)
     assert [t.state.name for t in trials] == ["FAIL", "FAIL"]  # each trial failed alone; the sweep went on
     assert all(t.user_attrs["error"] == "RuntimeError: injected fault at step 5" for t in trials)
@@ -303,10 +303,11 @@ def test_worker_with_an_unknown_run_name_is_bad_input(root):
 def test_a_trial_interrupted_while_suggesting_is_retried_once_at_its_whole_point():
     """Ctrl-C can land between two ``suggest`` calls: the FAIL trial then holds only ``lr``. Its retry
     must be the whole grid point (from ``grid_id``), enqueued once, or resume loops on duplicates."""
-    from normfree_bench.worker import GRID_SEED, ResumableGridSampler, mark_interrupted, open_points, params_of, recover
+    from normfree_bench.sweep.grid import ResumableGridSampler, params_of
+    from normfree_bench.sweep.worker import mark_interrupted, open_points, recover
 
     space = {"lr": [0.01, 0.03, 0.1], "seed": [0, 1]}
-    study = optuna.create_study(sampler=ResumableGridSampler(space, seed=GRID_SEED))
+    study = optuna.create_study(sampler=ResumableGridSampler(space))
     for _ in range(3):  # whole trials: params_of names exactly the point GridSampler gave them
         done = study.ask()
         for name in ("lr", "seed"):

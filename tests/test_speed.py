@@ -12,8 +12,8 @@ import pytest
 
 from normfree_bench.cli import main
 from normfree_bench.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from normfree_bench.overhead import bare_loop, measure_overhead
-from normfree_bench.speed import SpeedSettings, add_ratios, run_speed
+from normfree_bench.tools.overhead import bare_loop, measure_overhead
+from normfree_bench.tools.speed import SpeedSettings, add_ratios, run_speed
 
 
 def tiny_settings(**kw) -> SpeedSettings:
@@ -71,7 +71,7 @@ def test_overhead_measures_both_sides_of_the_same_trial():
     cfg = RunConfig(model=ModelConfig(d_model=16, n_layers=1, n_heads=2, context_length=16),
                     data=DataConfig(batch_size=4, val_windows=4),
                     train=TrainConfig(steps=10, warmup_steps=2, eval_interval=5, threads=1))
-    from normfree_bench.data import load_corpus
+    from normfree_bench.data.text import load_corpus
 
     assert bare_loop(cfg, load_corpus(cfg.data)) > 0
     result = measure_overhead(cfg, repeats=1)

@@ -27,8 +27,10 @@ import optuna
 import pytest
 import yaml
 
-from normfree_bench.cli import main
-from normfree_bench.storage import resolve_storage
+from normfree_bench.cli import build_parser, main, overrides_of
+from normfree_bench.config import load_run_config
+from normfree_bench.config.suites import suite_path
+from normfree_bench.store.storage import resolve_storage
 from tests.conftest import private_cache, write_word_corpus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,7 +41,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 TRIAL_COLUMNS = ["baseline", "lr", "seed", "status", "final_val_loss", "best_val_loss", "diverged",
                  "diverged_step", "max_train_loss", "steps", "tokens_per_s", "wall_s", "params"]
-CURVE_COLUMNS = ["trial", "baseline", "lr", "seed", "step", "train_loss", "val_loss", "grad_norm"]
+CURVE_COLUMNS = ["trial", "baseline", "lr", "seed", "step", "train_loss", "val_loss", "grad_norm", "val_perplexity",
+                 "val_accuracy"]
 LEADERBOARD_KEYS = ["baseline", "best_val_loss", "best_val_loss_std", "best_lr", "lr_sensitivity", "diverged",
                     "max_stable_lr", "spiked", "lr_basin_decades", "steps_to_target", "tokens_per_s", "params"]
 RUN_FILES = ["config.yaml", "provenance.json", "trials.csv", "curves.csv", "leaderboard.md", "leaderboard.csv",
@@ -138,13 +141,9 @@ def test_smoke_run_writes_every_file(smoke: dict[str, Any]) -> None:
 
 
 def test_smoke_config_yaml(smoke_dir: Path) -> None:
-    from normfree_bench.config import load_run_config
-    from normfree_bench.suites import suite_path
-    from normfree_bench.sweep import sweep_hash
-
     record = yaml.safe_load((smoke_dir / "config.yaml").read_text())
     assert re.fullmatch(r"[0-9a-f]{12}", record["config_hash"])
-    assert record["config_hash"] == sweep_hash(load_run_config(suite_path("smoke")))
+    assert record["config_hash"] == load_run_config(suite_path("smoke")).sweep_hash()
     assert record["run_name"] == f"nfb-{record['config_hash']}"
     assert record["storage"] is None  # null: the run directory's own study.db
     assert record["baselines"] == BUILTINS
@@ -491,3 +490,36 @@ def test_moved_run_dir_still_readable(env_root: Path, corpus_file: Path, capsys:
     rc, out, err = cli(["leaderboard", str(dst), "--format", "json"], capsys)
     assert rc == 0, err
     assert [r["baseline"] for r in json.loads(out)] == ["layernorm"]
+
+
+# ---- overrides compose --------------------------------------------------------------------------
+def test_flags_and_set_on_the_same_section_merge(env_root: Path, corpus_file: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """--baselines, --device and --workers beside --set sweep.* / train.*: every override survives in the
+    resolved config.yaml (before, --baselines replaced the whole sweep section)."""
+    cfg = write_tiny_config(env_root / "compose.yaml", corpus_file, [0.003, 0.03])
+    out = env_root / "compose"
+    rc, _, err = cli(["run", "--config", str(cfg), "--out", str(out), "--no-progress",
+                      "--baselines", "layernorm,rmsnorm", "--device", "cpu", "--workers", "2",
+                      "--set", "sweep.seeds=2", "--set", "sweep.lrs=[0.01]",
+                      "--set", "train.steps=6", "--set", "train.warmup_steps=1"], capsys)
+    assert rc == 0, err
+    record = yaml.safe_load((out / "config.yaml").read_text())
+    assert record["baselines"] == ["layernorm", "rmsnorm"] and record["sweep"]["baselines"] == ["layernorm", "rmsnorm"]
+    assert record["sweep"]["seeds"] == 2 and record["sweep"]["lrs"] == [0.01]
+    assert record["train"]["device"] == "cpu" and record["train"]["steps"] == 6
+    assert record["storage"] == "journal"  # --workers 2 took effect too
+    _, rows = read_csv(out / "trials.csv")
+    assert sorted((r["baseline"], float(r["lr"]), int(r["seed"])) for r in rows) == [
+        ("layernorm", 0.01, 0), ("layernorm", 0.01, 1), ("rmsnorm", 0.01, 0), ("rmsnorm", 0.01, 1)]
+
+
+def test_the_gpu_suite_with_baselines_keeps_its_set_overrides() -> None:
+    """The case from the tracker: run --suite gpu --baselines layernorm,dyt --set sweep.seeds=1
+    --set 'sweep.lrs=[0.001]' once silently ran seeds 0-2 over 9 LRs."""
+    args = build_parser().parse_args(["run", "--suite", "gpu", "--baselines", "layernorm,dyt", "--device", "cpu",
+                                      "--set", "sweep.seeds=1", "--set", "sweep.lrs=[0.001]"])
+    cfg = load_run_config(suite_path("gpu"), overrides_of(args))
+    assert cfg.sweep.seeds == 1 and cfg.sweep.lr_grid() == [0.001]
+    assert cfg.sweep.baselines == ["layernorm", "dyt"] and cfg.train.device == "cpu"
+    assert cfg.model.d_model == 384  # the suite itself still applies

@@ -7,8 +7,8 @@ import math
 import pytest
 
 from normfree_bench.config import DataConfig, GuardConfig, ModelConfig, RunConfig, TrainConfig
-from normfree_bench.guard import DivergenceGuard
-from normfree_bench.train import train_one
+from normfree_bench.training.guard import DivergenceGuard
+from normfree_bench.training.train import train_one
 
 L0 = math.log(256)
 
@@ -87,8 +87,8 @@ def test_exploding_lr_is_recorded_as_diverged_with_its_step():
 
 
 def test_fixup_lr_scale_reaches_the_optimizer():
-    from normfree_bench.lit_module import LitModel
-    from normfree_bench.model import build_model
+    from normfree_bench.models.factory import build_model
+    from normfree_bench.training.lit_module import LitModel
 
     cfg = small_run("fixup")
     module = LitModel(build_model("fixup", cfg.model), cfg.train, DivergenceGuard(l0=L0))

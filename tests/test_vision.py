@@ -11,9 +11,9 @@ import pytest
 
 from normfree_bench.cli import main
 from normfree_bench.config import DataConfig, GuardConfig, ModelConfig, RunConfig, TrainConfig
+from normfree_bench.data.images import TrainImages, load_images, val_image_batches
 from normfree_bench.errors import UserError
-from normfree_bench.train import train_one
-from normfree_bench.vision_data import TrainImages, load_images, val_image_batches
+from normfree_bench.training.train import train_one
 
 DIGITS_MODEL = ModelConfig(task="vit", d_model=32, n_layers=2, n_heads=4, image_size=8, patch_size=2, in_chans=1,
                            num_classes=10)

@@ -1,0 +1,253 @@
+"""The configuration's schema: one frozen dataclass per section, each validating its own values.
+
+Usage: ``ModelConfig(d_model=64)``; ``RunConfig().config_hash()``  (files are read by normfree_bench.config.loading)
+
+Out-of-range values raise `UserError` naming the key and what is valid, so the CLI can exit with
+code 2 and one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from normfree_bench.errors import UserError
+
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    # GPT-2-like: GELU MLP, learned absolute positions, linear biases.
+    "gpt2": {"mlp": "gelu", "positions": "learned", "bias": True},
+    # The DyT paper's LM recipe (LLaMA): SwiGLU, rotary positions, no biases.
+    "llama": {"mlp": "swiglu", "positions": "rope", "bias": False},
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The one Transformer's shape and flavour; identical for every baseline in a comparison."""
+
+    vocab_size: int = 256
+    d_model: int = 64
+    n_layers: int = 4
+    n_heads: int = 4
+    context_length: int = 128
+    mlp: Literal["gelu", "swiglu"] = "gelu"
+    mlp_ratio: float = 4.0
+    positions: Literal["learned", "rope", "none"] = "learned"
+    bias: bool = True
+    qk_norm: Literal["none", "layernorm", "rmsnorm"] = "none"  # per-head norm of q and k (any baseline)
+    task: Literal["lm", "vit"] = "lm"
+    # ViT head only (task: vit).
+    image_size: int = 8
+    patch_size: int = 2
+    in_chans: int = 1
+    num_classes: int = 10
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "context_length", "image_size",
+                     "patch_size", "in_chans", "num_classes"):
+            if getattr(self, name) < 1:
+                raise UserError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.d_model % self.n_heads:
+            raise UserError(
+                f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})")
+        if self.positions == "rope" and (self.d_model // self.n_heads) % 2:
+            raise UserError("model.positions 'rope' needs an even head size (d_model / n_heads)")
+        if self.mlp_ratio <= 0:
+            raise UserError(f"model.mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if self.task == "vit" and self.image_size % self.patch_size:
+            raise UserError("model.image_size must be divisible by model.patch_size")
+
+    @classmethod
+    def from_preset(cls, preset: str = "gpt2", **overrides: Any) -> ModelConfig:
+        """``ModelConfig.from_preset("llama", d_model=128)``: a preset's flavour plus overrides."""
+        if preset not in MODEL_PRESETS:
+            raise UserError(unknown_choice(preset, MODEL_PRESETS, "model preset"))
+        return cls(**{**MODEL_PRESETS[preset], **overrides})
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def hidden_dim(self) -> int:
+        return int(self.mlp_ratio * self.d_model)
+
+    @property
+    def initial_loss(self) -> float:
+        """l0: the loss of a uniform guess, ln(vocab) for the LM and ln(classes) for the ViT."""
+        return math.log(self.num_classes if self.task == "vit" else self.vocab_size)
+
+    @property
+    def n_tokens(self) -> int:
+        """Sequence length the blocks see: the context for the LM, the patch count for the ViT."""
+        if self.task == "vit":
+            return (self.image_size // self.patch_size) ** 2
+        return self.context_length
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the text comes from and how it is batched."""
+
+    corpus: str = "stdlib"  # LM: "stdlib" (the running Python's standard library) or a local file/folder
+    dataset: str = "digits"  # ViT: digits (bundled with scikit-learn), cifar10 or imagefolder
+    root: str = ""  # ViT: where cifar10 / imagefolder data lie
+    download: bool = False  # ViT: allow torchvision to download CIFAR-10 into root
+    batch_size: int = 16
+    val_windows: int = 64  # fixed, seeded validation windows
+    val_seed: int = 1234
+    val_fraction: float = 0.1  # share of files held out for validation
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise UserError(f"data.batch_size must be >= 1, got {self.batch_size}")
+        if self.val_windows < 1:
+            raise UserError(f"data.val_windows must be >= 1, got {self.val_windows}")
+        if not 0 < self.val_fraction < 1:
+            raise UserError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        if not self.corpus:
+            raise UserError("data.corpus is empty; valid: 'stdlib' or a path to a text file or folder")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimizer, schedule and loop settings shared by every baseline."""
+
+    steps: int = 300
+    lr: float = 3e-3
+    warmup_steps: int = 30
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 disables clipping
+    z_loss: float = 0.0  # PaLM's auxiliary z_loss * log(Z)^2 on the output logits; 1e-4 in the paper
+    diagnostics: bool = True  # numerical diagnostics at eval steps (normfree_bench.diagnostics)
+    eval_interval: int = 50
+    log_interval: int = 10  # train-loss points kept for the curves
+    seed: int = 0
+    precision: str = "auto"  # auto: bf16-mixed on CUDA, 32-true on CPU
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise UserError(f"train.steps must be >= 1, got {self.steps}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UserError(f"train.lr must be a finite number > 0, got {self.lr}")
+        if not 0 <= self.warmup_steps <= self.steps:
+            raise UserError(f"train.warmup_steps must be in [0, steps={self.steps}], got {self.warmup_steps}")
+        if self.eval_interval < 1 or self.log_interval < 1:
+            raise UserError("train.eval_interval and train.log_interval must be >= 1")
+        if self.weight_decay < 0 or self.grad_clip < 0 or self.z_loss < 0:
+            raise UserError("train.weight_decay, train.grad_clip and train.z_loss must be >= 0")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise UserError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        valid_precisions = ("auto", "32-true", "bf16-mixed", "bf16-true", "16-mixed", "64-true")
+        if self.precision not in valid_precisions:
+            raise UserError(unknown_choice(self.precision, valid_precisions, "train.precision"))
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    """The divergence guard (see normfree_bench.guard)."""
+
+    margin: float = 1.0  # a loss above l0 + margin is "high"
+    patience: int = 50  # steps a loss must stay high before the run is called diverged
+
+    def __post_init__(self) -> None:
+        if self.margin < 0:
+            raise UserError(f"guard.margin must be >= 0, got {self.margin}")
+        if self.patience < 1:
+            raise UserError(f"guard.patience must be >= 1, got {self.patience}")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """The learning-rate grid (log-spaced, inclusive), seeds, baselines and optional extra axes."""
+
+    lr_min: float = 1e-4
+    lr_max: float = 1e-1
+    n_lrs: int = 7
+    lrs: list[float] | None = None  # explicit grid; overrides lr_min/lr_max/n_lrs (an empty list is an error)
+    seeds: int = 1  # seeds 0 .. seeds-1
+    baselines: list[str] = field(default_factory=list)  # empty: every registered baseline of group "main"
+    # Extra grid axes, "model.<field>" or "<baseline>.<hparam>": e.g. {"dyt.alpha_init": [0.5, 1.0]}.
+    axes: dict[str, list[Any]] = field(default_factory=dict)
+    reference: str = "layernorm"  # the scheme every other is compared with (targets, p-values, plots)
+    basin_tol: float = 0.05  # nats: the LR basin is the band within this of the best loss
+    target_loss: float | None = None  # steps_to_target's target; None: the reference's median best loss
+
+    def __post_init__(self) -> None:
+        if self.lrs is not None and not self.lrs:
+            raise UserError("sweep.lrs is an empty list; give at least one learning rate, or leave it out to use "
+                            "the lr_min ... lr_max grid of n_lrs points")
+        grid = self.lrs or [self.lr_min, self.lr_max]
+        if any(not (lr > 0 and math.isfinite(lr)) for lr in grid):
+            raise UserError(f"sweep learning rates must be finite numbers > 0, got {grid}")
+        if not self.lrs:
+            if self.lr_max < self.lr_min:
+                raise UserError(f"sweep.lr_max ({self.lr_max:g}) is below sweep.lr_min ({self.lr_min:g})")
+            if self.n_lrs < 1:
+                raise UserError(f"sweep.n_lrs must be >= 1, got {self.n_lrs}; the grid would be empty")
+        if self.seeds < 1:
+            raise UserError(f"sweep.seeds must be >= 1, got {self.seeds}")
+        for name, values in self.axes.items():
+            if not isinstance(values, list) or not values:
+                raise UserError(f"sweep.axes.{name} must be a non-empty list of values")
+
+    def lr_grid(self) -> list[float]:
+        """The grid, ascending: explicit ``lrs`` or ``n_lrs`` log-spaced points in [lr_min, lr_max]."""
+        if self.lrs:
+            return sorted(float(lr) for lr in self.lrs)
+        if self.n_lrs == 1:
+            return [self.lr_min]
+        lo, hi = math.log10(self.lr_min), math.log10(self.lr_max)
+        return [float(f"{10 ** (lo + i * (hi - lo) / (self.n_lrs - 1)):.6g}") for i in range(self.n_lrs)]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run: model, data, training, guard, and which baseline with which hyperparameters."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
+    baseline: str = "layernorm"
+    # Per-baseline hyperparameter overrides, e.g. {"dyt": {"alpha_init": 0.5}}.
+    hparams: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def config_hash(self) -> str:
+        return config_hash(self.to_dict())
+
+    def baseline_hparams(self, name: str | None = None) -> dict[str, Any]:
+        return dict(self.hparams.get(name or self.baseline, {}))
+
+    def sweep_hash(self) -> str:
+        """The hash that names a sweep: everything but the baseline subset and the description."""
+        data = self.to_dict()
+        data.pop("description")
+        data.pop("baseline")
+        data["sweep"] = {k: v for k, v in data["sweep"].items() if k != "baselines"}
+        return config_hash(data)
+
+
+def config_hash(data: dict[str, Any]) -> str:
+    """A stable 12-hex-digit hash of a config dictionary."""
+    blob = json.dumps(data, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def unknown_choice(value: object, valid: typing.Iterable[str], what: str) -> str:
+    return f"invalid {what} {value!r}; valid: {', '.join(map(str, valid))}"

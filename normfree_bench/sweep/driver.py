@@ -1,0 +1,157 @@
+"""The benchmark sweep: every baseline over the same LR x seed (x extra axes) grid, driven by Optuna.
+
+Usage: ``record = run_sweep(load_run_config("configs/smoke.yaml"), Path("runs/smoke"), workers=2)``
+
+One Optuna study per baseline, named ``<run>:<baseline>`` (the run name carries the config hash),
+sampled by ``GridSampler`` over ``lr``, ``seed`` and the axes that apply to the baseline. Each study
+carries its config, grid and corpus fingerprint as user attributes, so a ``worker`` on another
+machine needs only the storage URL and the run name (normfree_bench.store.rundir).
+
+Trial outcomes:
+- finished: COMPLETE with value = final validation loss;
+- diverged (see normfree_bench.training.guard): COMPLETE with value = l0 and user attributes
+  ``diverged=True``, ``diverged_step``, ``diverged_reason``;
+- crashed: FAIL, with the message in the user attribute ``error``; the sweep goes on.
+Re-running the same command resumes: grid points with a finished trial are not run again, and
+interrupted trials are re-run from their start (normfree_bench.sweep.worker).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import optuna
+import torch
+from tqdm import tqdm
+
+from normfree_bench.config import RunConfig
+from normfree_bench.data.task import data_identity, load_data
+from normfree_bench.data.text import check_split_size
+from normfree_bench.errors import UserError
+from normfree_bench.io import write_json
+from normfree_bench.models.factory import build_model
+from normfree_bench.store.provenance import collect_provenance
+from normfree_bench.store.rundir import create_study, prepare_run_dir
+from normfree_bench.store.storage import JOURNAL, open_storage, redact, resolve_storage
+from normfree_bench.sweep.grid import (
+    ResumableGridSampler,
+    grid_size,
+    point_of,
+    search_space,
+    sweep_baselines,
+    validate_axes,
+)
+from normfree_bench.sweep.worker import is_done, optimize_study
+from normfree_bench.training.train import resolve_device
+
+
+def done_points(study: optuna.Study) -> int:
+    return len({point_of(t.params) for t in study.get_trials(deepcopy=False) if is_done(t)})
+
+
+def preflight(cfg: RunConfig, baselines: list[str]) -> None:
+    """Build each baseline at the sweep's model size and run one forward pass: a plugin whose model
+    cannot be built or whose forward raises is bad input, reported before any trial runs."""
+    if cfg.model.task == "vit":
+        ids = torch.zeros(1, cfg.model.in_chans, cfg.model.image_size, cfg.model.image_size)
+    else:
+        ids = torch.zeros(1, min(8, cfg.model.context_length), dtype=torch.long)
+    for name in baselines:
+        try:
+            with torch.no_grad():
+                build_model(name, cfg.model, **cfg.baseline_hparams(name))(ids)
+        except UserError:
+            raise
+        except Exception as exc:
+            raise UserError(f"baseline '{name}' fails before training ({type(exc).__name__}: {exc}); "
+                            f"check it with `normfree-bench baselines check {name}`") from exc
+
+
+def run_sweep(cfg: RunConfig, run_dir: Path, *, storage_url: str | None = None, force_new: bool = False,
+              progress: bool = True, workers: int = 1, callbacks: Sequence[pl.Callback] = ()) -> dict[str, Any]:
+    """Run (or resume) every baseline's grid; return the run record. Tables are written by the caller.
+    ``callbacks`` are Lightning callbacks for every trial of this process (the tests' fault injection)."""
+    baselines = sweep_baselines(cfg)
+    validate_axes(cfg, baselines)
+    device = resolve_device(cfg.train.device)
+    if workers < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
+    data = load_data(cfg)  # fail on bad or too little data before anything is written
+    longest = max([cfg.model.context_length, *cfg.sweep.axes.get("model.context_length", [])])
+    if cfg.model.task == "lm":
+        for split in ("train", "val"):
+            check_split_size(len(getattr(data, split)), longest, split)
+    fingerprint, source = data_identity(data)
+    preflight(cfg, baselines)
+    storage = open_storage(storage_url) if storage_url else None
+    record = prepare_run_dir(cfg, run_dir, baselines, storage_url, force_new, workers)
+    url = resolve_storage(record, run_dir, storage_url)
+    storage = storage or open_storage(url)
+    provenance = collect_provenance(device, fingerprint, source)
+    if record.get("storage") is None:  # the run directory's own file: no machine path in provenance
+        provenance["storage"] = "study.db in the run directory"
+    elif record["storage"] == JOURNAL:
+        provenance["storage"] = "study.journal in the run directory"
+    else:
+        provenance["storage"] = redact(url)
+    write_json(run_dir / "provenance.json", provenance)
+    spaces = {b: search_space(cfg, b) for b in baselines}
+    studies = {b: create_study(storage, record["run_name"], cfg, b, spaces[b], fingerprint,
+                               ResumableGridSampler(spaces[b])) for b in baselines}
+    total = sum(grid_size(s) for s in spaces.values())
+    done = sum(min(done_points(studies[b]), grid_size(spaces[b])) for b in baselines)
+    bar = tqdm(total=total, initial=done, desc="trials", unit="trial", file=sys.stderr, disable=not progress,
+               dynamic_ncols=True)
+    t0 = time.perf_counter()
+    try:
+        if workers == 1:
+            for baseline in baselines:
+                optimize_study(studies[baseline], cfg, baseline, spaces[baseline], on_start=bar.set_postfix_str,
+                               callbacks=callbacks, on_trial=lambda: bar.update(1))
+        else:
+            run_workers(url, record["run_name"], workers, device, cfg.train.threads, bar,
+                        lambda: sum(done_points(studies[b]) for b in baselines))
+    finally:
+        bar.close()
+    provenance["sweep_wall_s_this_invocation"] = time.perf_counter() - t0
+    write_json(run_dir / "provenance.json", provenance)
+    return record
+
+
+def run_workers(url: str, run_name: str, workers: int, device: str, threads: int, bar: tqdm,
+                count_done: Callable[[], int]) -> None:
+    """``workers`` worker processes on this machine: one GPU each on CUDA, the CPU threads split on CPU."""
+    per_worker = max(1, (threads or os.cpu_count() or 1) // workers)
+    procs = []
+    for i in range(workers):
+        env = dict(os.environ)
+        if device == "cuda":
+            env["CUDA_VISIBLE_DEVICES"] = str(i % max(1, torch.cuda.device_count()))
+        cmd = [sys.executable, "-m", "normfree_bench", "worker", "--storage", url, "--study", run_name,
+               "--threads", str(per_worker), "--no-progress"]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL))
+    try:
+        while any(p.poll() is None for p in procs):
+            time.sleep(1.0)
+            bar.n = count_done()
+            bar.refresh()
+    except KeyboardInterrupt:
+        for p in procs:
+            p.send_signal(signal.SIGINT)
+        for p in procs:
+            p.wait()
+        raise
+    bar.n = count_done()
+    bar.refresh()
+    failed = [p.returncode for p in procs if p.returncode != 0]
+    if failed:
+        raise UserError(f"{len(failed)} of {workers} workers exited with an error (codes {failed}); "
+                        "see their messages above, then run the same command again to resume")

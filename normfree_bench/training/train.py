@@ -1,0 +1,184 @@
+"""One training run: build the model under a baseline, train it with Lightning, return its metrics.
+
+Usage: ``result = train_one(load_run_config("configs/smoke.yaml")); print(result.final_val_loss)``
+
+This is the only place a Trainer is built. A sweep calls `train_one` once per trial and passes the
+already-loaded corpus, so the text is read and tokenised once per process.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from normfree_bench.config import RunConfig
+from normfree_bench.data.task import TaskData, load_data, loaders
+from normfree_bench.errors import UserError
+from normfree_bench.io import write_csv, write_json, write_yaml
+from normfree_bench.models.factory import build_model
+from normfree_bench.training.diagnostics import DIAG_COLUMNS
+from normfree_bench.training.guard import DivergenceGuard
+from normfree_bench.training.lit_module import LitModel
+
+CURVE_FIELDS = ("step", "train_loss", "val_loss", "grad_norm", "val_perplexity", "val_accuracy")
+
+
+@dataclass
+class RunResult:
+    """What one run measured. Losses are in nats; ``l0`` is ln(vocab), the loss of a uniform guess."""
+
+    baseline: str
+    lr: float
+    seed: int
+    l0: float
+    final_val_loss: float
+    best_val_loss: float
+    final_val_perplexity: float  # LM (nan for the ViT)
+    final_val_accuracy: float  # ViT (nan for the LM)
+    diverged: bool
+    diverged_step: int | None
+    diverged_reason: str
+    spiked: bool
+    spikes: list[dict[str, float]]
+    max_train_loss: float
+    steps: int
+    tokens: int
+    tokens_per_s: float
+    wall_s: float
+    train_s: float
+    eval_s: float
+    params: int
+    device: str
+    precision: str
+    curve: list[dict[str, float]] = field(default_factory=list, repr=False)
+    diagnostics: list[tuple] = field(default_factory=list, repr=False)  # (step, layer, site, metric, value)
+
+    def metrics(self) -> dict[str, Any]:
+        """Everything but the curve and the diagnostics, for metrics.json and trial attributes."""
+        data = asdict(self)
+        data.pop("curve")
+        data.pop("diagnostics")
+        return data
+
+
+def resolve_device(requested: str) -> str:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda requested but CUDA is not available here; valid: auto, cpu")
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    if precision == "auto":
+        return "bf16-mixed" if device == "cuda" else "32-true"
+    return precision
+
+
+class _EvalTimer(pl.Callback):
+    """Wall time spent in validation, so throughput counts training steps only."""
+
+    def __init__(self) -> None:
+        self.eval_s = 0.0
+        self._t0 = 0.0
+
+    def on_validation_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self.eval_s += time.perf_counter() - self._t0
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's banner and advice that would repeat for every trial of a sweep."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*Your `IterableDataset` has `__len__` defined.*")
+    warnings.filterwarnings("ignore", message=".*Total length of .* across ranks is zero.*")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
+def merge_curve(module: LitModel) -> list[dict[str, float]]:
+    """One row per logged step, with NaN where a quantity was not measured at that step."""
+    rows: dict[int, dict[str, float]] = {}
+    for step, loss, grad_norm in module.train_points:
+        rows.setdefault(step, {"step": step}).update(train_loss=loss, grad_norm=grad_norm)
+    metric = "val_accuracy" if module.classify else "val_perplexity"
+    for step, val, value in module.val_points:
+        rows.setdefault(step, {"step": step}).update({"val_loss": val, metric: value})
+    return [{c: rows[s].get(c, math.nan) for c in CURVE_FIELDS} for s in sorted(rows)]
+
+
+def train_one(cfg: RunConfig, *, corpus: TaskData | None = None, callbacks: list[pl.Callback] | None = None,
+              progress_bar: bool = False) -> RunResult:
+    """Train ``cfg.baseline`` once with ``cfg``; never raises for divergence (that is a result)."""
+    t_start = time.perf_counter()
+    quiet_lightning()
+    device = resolve_device(cfg.train.device)
+    precision = resolve_precision(cfg.train.precision, device)
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    data = corpus if corpus is not None else load_data(cfg)
+    train_loader, val_loader = loaders(cfg, data)
+
+    pl.seed_everything(cfg.train.seed, verbose=False)
+    model = build_model(cfg.baseline, cfg.model, **cfg.baseline_hparams())
+    guard = DivergenceGuard(l0=cfg.model.initial_loss, margin=cfg.guard.margin,
+                            patience=cfg.guard.patience)
+    module = LitModel(model, cfg.train, guard)
+    timer = _EvalTimer()
+    trainer = pl.Trainer(
+        accelerator="gpu" if device == "cuda" else "cpu", devices=1, precision=precision,
+        max_steps=cfg.train.steps, val_check_interval=cfg.train.eval_interval, check_val_every_n_epoch=None,
+        num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_model_summary=False,
+        enable_progress_bar=progress_bar, deterministic=device == "cpu",
+        callbacks=[timer, *(callbacks or [])],
+    )
+    t_fit = time.perf_counter()
+    try:
+        trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+    except SystemExit:
+        if trainer.interrupted:  # Lightning turns Ctrl-C into exit(1); keep it an interrupt for the sweep
+            raise KeyboardInterrupt from None
+        raise
+    steps = trainer.global_step
+    if not guard.diverged and (not module.val_points or module.val_points[-1][0] != steps):
+        trainer.validate(module, dataloaders=val_loader, verbose=False)
+    fit_s = time.perf_counter() - t_fit
+
+    vals = [v for _, v, _ in module.val_points]
+    final_val = vals[-1] if vals else math.nan
+    final_metric = module.val_points[-1][2] if vals else math.nan
+    guard.finish(final_val, steps)
+    finite_vals = [v for v in vals if math.isfinite(v)]
+    train_s = max(fit_s - timer.eval_s, 1e-9)
+    tokens = steps * cfg.data.batch_size * cfg.model.n_tokens  # ViT: patches
+    return RunResult(
+        baseline=cfg.baseline, lr=cfg.train.lr, seed=cfg.train.seed, l0=guard.l0,
+        final_val_loss=final_val, best_val_loss=min(finite_vals) if finite_vals else math.nan,
+        final_val_perplexity=math.nan if module.classify else final_metric,
+        final_val_accuracy=final_metric if module.classify else math.nan, diverged=guard.diverged,
+        diverged_step=guard.diverged_step,
+        diverged_reason=guard.reason, spiked=guard.spiked, spikes=[asdict(s) for s in guard.spikes],
+        max_train_loss=guard.max_loss, steps=steps, tokens=tokens, tokens_per_s=tokens / train_s,
+        wall_s=time.perf_counter() - t_start, train_s=train_s, eval_s=timer.eval_s,
+        params=model.num_params(), device=device, precision=precision, curve=merge_curve(module),
+        diagnostics=module.diagnostics,
+    )
+
+
+def write_run(out_dir: Path, cfg: RunConfig, result: RunResult) -> None:
+    """``config.yaml`` (resolved, with its hash), ``metrics.json``, ``curve.csv`` and ``diagnostics.csv``."""
+    write_yaml(out_dir / "config.yaml", {"config_hash": cfg.config_hash(), **cfg.to_dict()})
+    write_json(out_dir / "metrics.json", result.metrics())
+    write_csv(out_dir / "curve.csv", result.curve, CURVE_FIELDS)
+    write_csv(out_dir / "diagnostics.csv", [dict(zip(DIAG_COLUMNS, row)) for row in result.diagnostics], DIAG_COLUMNS)
