@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -27,20 +29,21 @@ from tqdm import tqdm
 from normfree_bench.analysis.analyze import analyze_run, csv_row
 from normfree_bench.config import load_run_config, merge, parse_set
 from normfree_bench.config.suites import suite_path
-from normfree_bench.core.registry import discover, get_baseline, list_baselines, load_plugin
+from normfree_bench.core.registry import check_hparams_section, discover, get_baseline, list_baselines, load_plugin
+from normfree_bench.data.task import check_fits, load_data
 from normfree_bench.errors import UserError
 from normfree_bench.io import write_json
 from normfree_bench.models.contract import check_baseline
 from normfree_bench.report import write_report
-from normfree_bench.store.rundir import read_run, run_axes, run_studies
+from normfree_bench.store.rundir import check_train_dir, run_axes, run_studies, write_train_output
 from normfree_bench.store.storage import open_storage
 from normfree_bench.sweep.driver import run_sweep
 from normfree_bench.sweep.worker import work_on_run
-from normfree_bench.tables.export import collect, leaderboard_rows, write_results
+from normfree_bench.tables.export import read_tables, write_plots, write_results
 from normfree_bench.tables.render import render, sort_rows
 from normfree_bench.tools.overhead import measure_overhead
 from normfree_bench.tools.speed import SpeedSettings, render_tables, run_speed
-from normfree_bench.training.train import quiet_lightning, resolve_device, train_one, write_run
+from normfree_bench.training.train import quiet_lightning, resolve_device, resolved_settings, train_one
 
 
 class _Parser(argparse.ArgumentParser):
@@ -75,39 +78,51 @@ def overrides_of(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "baseline", None):
         flags["baseline"] = args.baseline
     if getattr(args, "baselines", None) is not None:
-        flags["sweep"] = {"baselines": [b.strip() for b in args.baselines.split(",") if b.strip()]}
+        flags["sweep"] = {"baselines": baseline_list(args.baselines)}
     return merge(parse_set(getattr(args, "set", [])), {k: v for k, v in flags.items() if v != {}})
+
+
+def baseline_list(text: str) -> list[str]:
+    """``--baselines a,b``; a list that names no baseline (``--baselines ,``) is bad input."""
+    names = [b.strip() for b in text.split(",") if b.strip()]
+    if not names:
+        raise UserError(f"--baselines {text!r} names no baseline; valid: a comma-separated list such as "
+                        "layernorm,dyt (leave the option out to run every main baseline)")
+    return names
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     _load_plugins(args.plugin)
     cfg = load_run_config(args.config, overrides_of(args))
     get_baseline(cfg.baseline)
-    out = Path(args.out or f"runs/train-{cfg.baseline}")
-    _check_writable(out, create=True)
-
-    resolve_device(cfg.train.device)
+    check_hparams_section(cfg.hparams)
+    resolved = resolved_settings(cfg)
+    check_fits(load_data(cfg), cfg.model)
+    out = Path(args.out or f"runs/train-{cfg.baseline}-{cfg.config_hash()}")
+    _check_writable(out)
+    check_train_dir(out, cfg)
     result = train_one(cfg, progress_bar=not args.no_progress)
-    write_run(out, cfg, result)
+    write_train_output(out, cfg, result, resolved)
     status = f"DIVERGED at step {result.diverged_step} ({result.diverged_reason})" if result.diverged else "ok"
     print(f"{cfg.baseline}: final val loss {result.final_val_loss:.4f} (l0 {result.l0:.3f}), {status}; "
           f"{result.steps} steps, {result.tokens_per_s:,.0f} tokens/s, {result.params:,} params -> {out}")
     return 0
 
 
-def _check_writable(out: Path, create: bool = False) -> None:
-    """Refuse an output directory that cannot be written before any work is done."""
-    probe = out
+def _check_writable(out: Path) -> None:
+    """Refuse an output directory that cannot be written, before any work is done and without creating
+    it: the directory appears only when there is something to write into it."""
+    if out.exists():
+        if not out.is_dir() or not os.access(out, os.W_OK):
+            raise UserError(f"output directory {out} is not writable; choose another with --out")
+        return
+    probe = out.parent
     while not probe.exists():
         probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
-        raise UserError(f"output directory {out} is not writable; choose another with --out")
-    if create:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(
-                f"output directory {out} is not writable ({exc.strerror}); choose another with --out") from exc
+    try:  # a real write, not os.access: root passes access checks on pseudo file systems such as /proc
+        tempfile.TemporaryDirectory(dir=probe).cleanup()
+    except OSError as exc:
+        raise UserError(f"output directory {out} is not writable ({exc.strerror}); choose another with --out") from exc
 
 
 def cmd_baselines_list(args: argparse.Namespace) -> int:
@@ -162,8 +177,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     _load_plugins(args.plugin)
+    if args.threads < 0:
+        raise UserError(f"--threads must be >= 0 (0 keeps torch's default), got {args.threads}")
     quiet_lightning()
-    storage = open_storage(args.storage)
+    storage = open_storage(args.storage, create=False)
     run_studies(storage, args.study)  # an unknown run name is bad input, before any output
     with tqdm(desc=f"worker {args.study}", unit="trial", file=sys.stderr, disable=args.no_progress) as bar:
         work_on_run(storage, args.study, threads=args.threads, on_start=bar.set_postfix_str,
@@ -171,23 +188,37 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_labels(run_dirs: list[str]) -> list[str]:
+    """A short label per run directory, unique among them: the fewest trailing path parts that tell
+    them apart (``a/run`` and ``b/run``, not ``run`` twice). The same directory twice is bad input."""
+    paths = [Path(d).resolve() for d in run_dirs]
+    for i, path in enumerate(paths):
+        if path in paths[:i]:
+            raise UserError(f"run directory {run_dirs[i]} is given twice; valid: distinct run directories")
+    depth = 1
+    while True:
+        labels = ["/".join(p.parts[-depth:]) for p in paths]
+        if len(set(labels)) == len(labels) or depth >= max(len(p.parts) for p in paths):
+            return labels
+        depth += 1
+
+
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     all_rows: list[dict[str, Any]] = []
     axes: list[str] = []
-    for run_dir in args.run_dirs:
-        record = read_run(Path(run_dir))
-        axes += [a for a in run_axes(record) if a not in axes]
-        rows = leaderboard_rows(record, collect(record, Path(run_dir), args.storage)[2])
-        if len(args.run_dirs) > 1:
-            rows = [{"run": Path(run_dir).name, **r} for r in rows]
-        all_rows += rows
+    labels = run_labels(args.run_dirs)
+    for run_dir, label in zip(args.run_dirs, labels):
+        tables = read_tables(Path(run_dir), args.storage)
+        axes += [a for a in tables.axes if a not in axes]
+        all_rows += [{"run": label, **r} for r in tables.rows] if len(args.run_dirs) > 1 else tables.rows
     print(render(sort_rows(all_rows, args.sort), args.format, axes))
     return 0
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    write_results(Path(args.run_dir), storage_url=args.storage)
-    print(f"plots written to {Path(args.run_dir) / 'plots'}")
+    run_dir = Path(args.run_dir)
+    paths = write_plots(read_tables(run_dir, args.storage), run_dir)
+    print(f"{len(paths)} plot(s) written to {run_dir / 'plots'}; the tables are unchanged")
     return 0
 
 
@@ -209,33 +240,59 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+OVERHEAD_ONLY = ("suite", "steps", "repeats", "set")  # speed options that apply with --overhead only
+LAYERS_ONLY = ("baselines", "widths", "tokens", "bf16", "no_compile", "min_run_time")  # and without it
+
+
+def positive_ints(text: str, option: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 for v in values):
+        raise UserError(f"{option} must be comma-separated positive integers such as 256,1024, got {text!r}")
+    return values
+
+
 def cmd_speed(args: argparse.Namespace) -> int:
+    given = {k for k in (*OVERHEAD_ONLY, *LAYERS_ONLY) if getattr(args, k) not in (None, False, [])}
+    stray = sorted(given & set(LAYERS_ONLY if args.overhead else OVERHEAD_ONLY))
+    if stray:
+        flag = "--" + stray[0].replace("_", "-")
+        raise UserError(f"{flag} does not apply {'with' if args.overhead else 'without'} --overhead; valid with "
+                        f"--overhead: --suite, --steps, --repeats, --set; without: --baselines, --widths, --tokens, "
+                        "--bf16, --no-compile, --min-run-time")
     _load_plugins(args.plugin)
     device = resolve_device(args.device or "auto")
     out = Path(args.out)
-    _check_writable(out, create=True)
+    _check_writable(out)
     if args.overhead:
+        for option, value in (("--steps", args.steps), ("--repeats", args.repeats)):
+            if value is not None and value < 1:
+                raise UserError(f"{option} must be >= 1, got {value}")
         quiet_lightning()
-        overrides = merge(parse_set(args.set), {"baseline": "layernorm", "train": {"device": device}})
-        if args.steps:
-            overrides = merge(overrides, {"train": {"steps": args.steps}})
-        cfg = load_run_config(suite_path(args.suite), overrides)
-        result = measure_overhead(cfg, repeats=args.repeats)
+        suite = args.suite or "default"
+        flags = {"baseline": "layernorm", "train": {"device": device, **({"steps": args.steps} if args.steps else {})}}
+        cfg = load_run_config(suite_path(suite), merge(parse_set(args.set or []), flags))
+        result = measure_overhead(cfg, repeats=args.repeats or 3)
         write_json(out / "overhead.json", result)
         print(f"harness {result['harness_s']:.2f} s / bare loop {result['bare_s']:.2f} s = {result['ratio']:.3f} "
               f"(min {result['ratio_min']:.3f}, max {result['ratio_max']:.3f}; {result['repeats']} pairs, "
-              f"{result['steps']} steps of the '{args.suite}' model, target <= 1.05) -> {out / 'overhead.json'}")
+              f"{result['steps']} steps of the '{suite}' model, target <= 1.05) -> {out / 'overhead.json'}")
         return 0
-
-    names = [b.strip() for b in args.baselines.split(",")] if args.baselines else list_baselines()
+    names = baseline_list(args.baselines) if args.baselines is not None else list_baselines()
     for name in names:
         get_baseline(name)
-    widths = [int(w) for w in args.widths.split(",")]
-    if any(w < 1 for w in widths) or args.tokens < 1:
-        raise UserError("--widths and --tokens must be positive integers")
+    widths = positive_ints(args.widths or "256,1024", "--widths")
+    tokens = args.tokens if args.tokens is not None else 4096
+    min_run_time = args.min_run_time if args.min_run_time is not None else 0.3
+    if tokens < 1:
+        raise UserError(f"--tokens must be >= 1, got {tokens}")
+    if not (min_run_time > 0 and math.isfinite(min_run_time)):
+        raise UserError(f"--min-run-time must be a finite number of seconds > 0, got {min_run_time}")
     dtypes = ["fp32", "bf16"] if device == "cuda" or args.bf16 else ["fp32"]
-    settings = SpeedSettings(baselines=names, widths=widths, tokens=args.tokens, dtypes=dtypes,
-                             compile=not args.no_compile, device=device, min_run_time=args.min_run_time)
+    settings = SpeedSettings(baselines=names, widths=widths, tokens=tokens, dtypes=dtypes,
+                             compile=not args.no_compile, device=device, min_run_time=min_run_time)
     rows = run_speed(settings, out)
     print(render_tables(rows))
     print(f"\nspeed.json, speed.csv, speed.md and speed.png in {out}/")
@@ -286,16 +343,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("speed", help="time each scheme's norm layer and whole model, eager and compiled")
     p.add_argument("--out", default="runs/speed", help="output directory (default runs/speed)")
     p.add_argument("--baselines", help="comma-separated subset of baselines")
-    p.add_argument("--widths", default="256,1024", help="layer widths (comma-separated)")
-    p.add_argument("--tokens", type=int, default=4096, help="tokens per layer-benchmark tensor")
+    p.add_argument("--widths", help="layer widths, comma-separated (default 256,1024)")
+    p.add_argument("--tokens", type=int, help="tokens per layer-benchmark tensor (default 4096)")
     p.add_argument("--bf16", action="store_true", help="also bf16 on CPU (always on CUDA)")
     p.add_argument("--no-compile", action="store_true", help="eager only (skip torch.compile)")
-    p.add_argument("--min-run-time", type=float, default=0.3, help="seconds per measurement")
+    p.add_argument("--min-run-time", type=float, help="seconds per measurement (default 0.3)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--overhead", action="store_true", help="harness trial vs bare PyTorch loop, same model and steps")
-    p.add_argument("--suite", default="default", help="with --overhead: the suite whose model and steps to time")
+    p.add_argument("--suite", help="with --overhead: the suite whose model and steps to time (default: default)")
     p.add_argument("--steps", type=int, help="with --overhead: steps per trial (default: the suite's)")
-    p.add_argument("--repeats", type=int, default=3, help="with --overhead: harness/bare pairs")
+    p.add_argument("--repeats", type=int, help="with --overhead: harness/bare pairs (default 3)")
     _add_common(p)
     _add_set(p)
     p.set_defaults(func=cmd_speed)

@@ -89,8 +89,8 @@ def inputs(root: Path) -> Path:
     dump(d / "unknown_key.yaml", tiny_cfg(c, model={"widht": 3}))
     dump(d / "wrong_type.yaml", tiny_cfg(c, train={"steps": "ten"}))
     dump(d / "neg_lr.yaml", tiny_cfg(c, sweep={"lrs": [-1]}))
-    dump(d / "inverted.yaml", tiny_cfg(c, sweep={"lr_min": 0.1, "lr_max": 0.001, "lrs": []}))
-    dump(d / "empty_grid.yaml", tiny_cfg(c, sweep={"n_lrs": 0, "lrs": []}))
+    dump(d / "inverted.yaml", tiny_cfg(c, sweep={"lr_min": 0.1, "lr_max": 0.001, "lrs": None}))
+    dump(d / "empty_grid.yaml", tiny_cfg(c, sweep={"n_lrs": 0, "lrs": None}))
     dump(d / "seeds0.yaml", tiny_cfg(c, sweep={"seeds": 0}))
     dump(d / "steps0.yaml", tiny_cfg(c, train={"steps": 0, "warmup_steps": 0}))
     dump(d / "missing_corpus.yaml", tiny_cfg(str(d / "no-such-corpus.txt")))
@@ -143,7 +143,8 @@ BAD_INPUTS = [
     pytest.param(["train", "--lr", "abc", "--out", "{P}"], ["--lr", "abc"], id="train-lr-not-a-number"),
     pytest.param(["run", "--config", "{I}/neg_lr.yaml", "--out", "{P}"], ["learning rates", "> 0", "-1"],
                  id="sweep-lr-negative"),
-    pytest.param(["run", "--config", "{I}/inverted.yaml", "--out", "{P}"], ["lr_max", "lr_min"],
+    pytest.param(["run", "--config", "{I}/inverted.yaml", "--out", "{P}"],
+                 ["sweep.lr_max (0.001) is below sweep.lr_min"],
                  id="inverted-lr-range"),
     pytest.param(["run", "--config", "{I}/empty_grid.yaml", "--out", "{P}"], ["n_lrs", "empty"], id="empty-grid"),
     pytest.param(["run", "--config", "{I}/seeds0.yaml", "--out", "{P}"], ["sweep.seeds", ">= 1"], id="seeds-0"),
@@ -171,10 +172,10 @@ BAD_INPUTS = [
     pytest.param(["run", "--config", "{I}/base.yaml", "--storage", "notaurl://", "--out", "{P}"],
                  ["malformed storage URL", "notaurl://"], id="storage-malformed"),
     pytest.param(["run", "--config", "{I}/base.yaml", "--storage", "postgresql+psycopg://u:secret@127.0.0.1:1/db",
-                  "--out", "{P}"], ["cannot reach the database", "postgresql+psycopg://u:***@127.0.0.1:1/db"],
+                  "--out", "{I}/unreachable-run"], ["cannot reach the database", "postgresql+psycopg://u:***@127.0.0.1:1/db"],
                  id="storage-unreachable-postgres"),
     pytest.param(["run", "--config", "{I}/base.yaml", "--storage", "sqlite:////nonexistent-nfb-dir/x/study.db",
-                  "--out", "{P}"], ["cannot reach the database"], id="storage-unreachable-sqlite"),
+                  "--out", "{I}/unreachable-run"], ["cannot reach the database"], id="storage-unreachable-sqlite"),
     pytest.param(["run", "--config", "{I}/base.yaml", "--out", "/proc/nope"], ["/proc/nope", "not writable"],
                  id="run-out-not-writable"),
     pytest.param(["train", "--config", "{I}/base.yaml", "--out", "/proc/nope", "--no-progress"],

@@ -294,6 +294,7 @@ def test_postgres_study_shared_by_run_and_a_separate_worker(root, postgres):
 
 
 def test_worker_with_an_unknown_run_name_is_bad_input(root):
+    optuna.storages.RDBStorage(f"sqlite:///{root / 'empty.db'}")  # a database that exists, without the run
     proc = cli("worker", "--storage", f"sqlite:///{root / 'empty.db'}", "--study", "nfb-000000000000")
     assert proc.wait(timeout=120) == 2
     err = proc.stderr.read().strip().splitlines()

@@ -80,7 +80,7 @@ def test_overhead_measures_both_sides_of_the_same_trial():
 
 
 @pytest.mark.parametrize("argv, fragment", [
-    (["speed", "--widths", "0", "--no-compile"], "--widths and --tokens must be positive"),
+    (["speed", "--widths", "0", "--no-compile"], "--widths must be comma-separated positive integers"),
     (["speed", "--baselines", "nope", "--no-compile"], "unknown baseline 'nope'"),
     (["speed", "--overhead", "--suite", "nosuch"], "unknown suite 'nosuch'"),
 ])

@@ -40,9 +40,9 @@ from normfree_bench.data.task import load_data, loaders
 from normfree_bench.errors import UserError
 from normfree_bench.io import write_csv, write_json
 from normfree_bench.models.transformer import Transformer, task_loss
-from normfree_bench.store.rundir import read_run, run_axes, run_config
+from normfree_bench.store.rundir import run_config
 from normfree_bench.sweep.grid import trial_config
-from normfree_bench.tables.export import collect, leaderboard_rows
+from normfree_bench.tables.export import read_tables
 from normfree_bench.tables.leaderboard import trials_at_best_lr
 from normfree_bench.training.diagnostics import DIAG_COLUMNS, DiagnosticProbe
 from normfree_bench.training.numerics import (
@@ -222,11 +222,12 @@ def csv_row(entry: dict[str, Any]) -> dict[str, Any]:
 def analyze_run(run_dir: Path, scope: str = "best", low_precision: bool = True, storage_url: str | None = None,
                 plots: bool = True, progress: bool = True) -> dict[str, Any]:
     """Analyze a run directory; write analysis.json, analysis.csv and plots/analysis_*.png."""
-    record = read_run(run_dir)
-    trials, curves, records, diagnostics = collect(record, run_dir, storage_url)
-    axes = run_axes(record)
-    rows = leaderboard_rows(record, records)
-    chosen = choose_trials(trials, rows, axes, scope)
+    if scope not in SCOPES:
+        raise UserError(f"unknown scope '{scope}'; valid: {', '.join(SCOPES)}")
+    tables = read_tables(run_dir, storage_url)
+    record, trials, curves, diagnostics, axes = tables.record, tables.trials, tables.curves, tables.diagnostics, \
+        tables.axes
+    chosen = choose_trials(trials, tables.rows, axes, scope)
     if not chosen:
         raise UserError(f"{run_dir} has no completed, non-diverged trial to analyze; run or resume the sweep first")
     cfg = run_config(record)
@@ -234,7 +235,7 @@ def analyze_run(run_dir: Path, scope: str = "best", low_precision: bool = True, 
     diag_by_trial: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for d in diagnostics:
         diag_by_trial[d["trial"]].append(d)
-    best = {t["trial"] for t in choose_trials(trials, rows, axes, "best")}
+    best = {t["trial"] for t in choose_trials(trials, tables.rows, axes, "best")}
     entries, s_curves = [], {}
     for row in tqdm(chosen, desc="analyze", unit="trial", disable=not progress):
         params = {"lr": row["lr"], "seed": row["seed"], **{a: row[a] for a in axes if row.get(a) is not None}}

@@ -101,18 +101,50 @@ def build_dataclass(cls: type, data: Any, where: str) -> Any:
         raise UserError(f"{where}: {exc}") from exc
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping, turning I/O and syntax errors into one-line `UserError`s."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"config file not found: {path}")
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (it would keep the last silently)."""
+
+
+def _no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            mark = key_node.start_mark
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key}'", mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML text to Python, refusing duplicate keys; ``source`` names the text in errors."""
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise UserError(f"malformed YAML in {path}{at}: {problem}") from exc
+        raise UserError(f"malformed YAML in {source}{at}: {problem}") from exc
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, turning I/O, encoding and syntax errors (a duplicate key included) into
+    one-line `UserError`s."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"config file {path} is a directory; valid: a YAML file such as configs/smoke.yaml")
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"config file {path} is not UTF-8 text (byte {exc.start}); valid: a YAML file") from exc
+    except OSError as exc:
+        raise UserError(f"config file {path} cannot be read ({exc.strerror})") from exc
+    data = parse_yaml(text, str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -145,7 +177,7 @@ def parse_set(items: list[str]) -> dict[str, Any]:
         if not sep or not key or any(not part for part in key.split(".")):
             raise UserError(f"--set needs KEY=VALUE with a dotted key, e.g. hparams.dyt.alpha_init=0.5; got {item!r}")
         try:
-            value = yaml.safe_load(raw)
+            value = yaml.load(raw, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
         except yaml.YAMLError as exc:
             raise UserError(f"--set {key}: the value {raw!r} is not valid YAML") from exc
         node = out

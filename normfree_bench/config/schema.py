@@ -26,6 +26,17 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+SEED_MAX = 2**32 - 1  # Lightning's seed_everything bound (numpy's too)
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "bf16-true", "16-mixed", "64-true")
+
+
+def check_finite(where: str, *values: tuple[str, float]) -> None:
+    """Refuse NaN and infinities: ``check_finite("train", ("lr", lr), ("beta1", beta1))``."""
+    for name, value in values:
+        if value is not None and not math.isfinite(value):
+            raise UserError(f"{where}.{name} must be a finite number, got {value!r}")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The one Transformer's shape and flavour; identical for every baseline in a comparison."""
@@ -57,8 +68,10 @@ class ModelConfig:
                 f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})")
         if self.positions == "rope" and (self.d_model // self.n_heads) % 2:
             raise UserError("model.positions 'rope' needs an even head size (d_model / n_heads)")
-        if self.mlp_ratio <= 0:
-            raise UserError(f"model.mlp_ratio must be > 0, got {self.mlp_ratio}")
+        check_finite("model", ("mlp_ratio", self.mlp_ratio))
+        if self.hidden_dim < 1:
+            raise UserError(f"model.mlp_ratio ({self.mlp_ratio:g}) x d_model ({self.d_model}) leaves an MLP of width "
+                            f"{self.hidden_dim}; valid: mlp_ratio >= {1 / self.d_model:.3g}")
         if self.task == "vit" and self.image_size % self.patch_size:
             raise UserError("model.image_size must be divisible by model.patch_size")
 
@@ -108,6 +121,7 @@ class DataConfig:
             raise UserError(f"data.batch_size must be >= 1, got {self.batch_size}")
         if self.val_windows < 1:
             raise UserError(f"data.val_windows must be >= 1, got {self.val_windows}")
+        check_finite("data", ("val_fraction", self.val_fraction))
         if not 0 < self.val_fraction < 1:
             raise UserError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
         if not self.corpus:
@@ -136,6 +150,9 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
 
     def __post_init__(self) -> None:
+        check_finite("train", ("lr", self.lr), ("min_lr_ratio", self.min_lr_ratio),
+                     ("weight_decay", self.weight_decay), ("beta1", self.beta1), ("beta2", self.beta2),
+                     ("grad_clip", self.grad_clip), ("z_loss", self.z_loss))
         if self.steps < 1:
             raise UserError(f"train.steps must be >= 1, got {self.steps}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -148,9 +165,15 @@ class TrainConfig:
             raise UserError("train.weight_decay, train.grad_clip and train.z_loss must be >= 0")
         if not 0 <= self.min_lr_ratio <= 1:
             raise UserError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        valid_precisions = ("auto", "32-true", "bf16-mixed", "bf16-true", "16-mixed", "64-true")
-        if self.precision not in valid_precisions:
-            raise UserError(unknown_choice(self.precision, valid_precisions, "train.precision"))
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise UserError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0 <= self.seed <= SEED_MAX:
+            raise UserError(f"train.seed must be in [0, {SEED_MAX}], got {self.seed}")
+        if self.threads < 0:
+            raise UserError(f"train.threads must be >= 0 (0 keeps torch's default), got {self.threads}")
+        if self.precision not in PRECISIONS:
+            raise UserError(unknown_choice(self.precision, PRECISIONS, "train.precision"))
 
 
 @dataclass(frozen=True)
@@ -161,6 +184,7 @@ class GuardConfig:
     patience: int = 50  # steps a loss must stay high before the run is called diverged
 
     def __post_init__(self) -> None:
+        check_finite("guard", ("margin", self.margin))
         if self.margin < 0:
             raise UserError(f"guard.margin must be >= 0, got {self.margin}")
         if self.patience < 1:
@@ -187,6 +211,9 @@ class SweepConfig:
         if self.lrs is not None and not self.lrs:
             raise UserError("sweep.lrs is an empty list; give at least one learning rate, or leave it out to use "
                             "the lr_min ... lr_max grid of n_lrs points")
+        check_finite("sweep", ("basin_tol", self.basin_tol), ("target_loss", self.target_loss))
+        if self.basin_tol < 0:
+            raise UserError(f"sweep.basin_tol must be >= 0, got {self.basin_tol}")
         grid = self.lrs or [self.lr_min, self.lr_max]
         if any(not (lr > 0 and math.isfinite(lr)) for lr in grid):
             raise UserError(f"sweep learning rates must be finite numbers > 0, got {grid}")

@@ -17,6 +17,7 @@ import re
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 from normfree_bench.core.baseline import Baseline
 from normfree_bench.errors import BaselinePluginError, did_you_mean
@@ -69,6 +70,9 @@ def builtin_dir() -> Path:
 def load_plugin(path: str | Path) -> list[str]:
     """Import one plugin file; return the names it registered. Loading a file twice is a no-op."""
     path = Path(path)
+    if path.is_dir():
+        raise BaselinePluginError(f"plugin {path} is a directory; valid: a Python file that registers a baseline "
+                                  "(a folder of plugins goes in $NORMFREE_BENCH_BASELINES)")
     if not path.is_file():
         raise BaselinePluginError(f"plugin file not found: {path}")
     resolved = path.resolve()
@@ -140,3 +144,16 @@ def get_baseline(name: str) -> type[Baseline]:
         raise BaselinePluginError(did_you_mean(name, _REGISTRY, "baseline"))
     return _REGISTRY[name]
 
+
+
+def check_hparams_section(hparams: dict[str, dict[str, Any]]) -> None:
+    """A config's ``hparams`` section: every key names a registered baseline and every value fits that
+    baseline's declared hyperparameters (a typo such as ``hparams.dytt`` is an error, not ignored)."""
+    for name, values in hparams.items():
+        if name not in _REGISTRY:
+            discover()
+        if name not in _REGISTRY:
+            raise BaselinePluginError(did_you_mean(name, _REGISTRY, "baseline") + f" (in hparams.{name})")
+        if not isinstance(values, dict):
+            raise BaselinePluginError(f"hparams.{name} must be a mapping of hyperparameters, got {values!r}")
+        _REGISTRY[name].check_hparams(values)

@@ -7,21 +7,39 @@ from __future__ import annotations
 
 from torch.utils.data import DataLoader
 
-from normfree_bench.config import RunConfig
+from normfree_bench.config import ModelConfig, RunConfig
 from normfree_bench.data.images import ImageData, TrainImages, load_images, val_image_batches
 from normfree_bench.data.text import Corpus, TrainWindows, check_split_size, load_corpus, val_batches
+from normfree_bench.errors import UserError
 
 TaskData = Corpus | ImageData
 
 
 def load_data(cfg: RunConfig) -> TaskData:
-    """The run's data, checked: the text corpus for the LM, the images for the ViT."""
+    """The run's data, checked against the model: the text corpus for the LM, the images for the ViT."""
     if cfg.model.task == "vit":
         return load_images(cfg.data, cfg.model)
     corpus = load_corpus(cfg.data)
-    for split in ("train", "val"):
-        check_split_size(len(getattr(corpus, split)), cfg.model.context_length, split)
+    check_fits(corpus, cfg.model)
     return corpus
+
+
+def check_fits(data: TaskData, model: ModelConfig) -> None:
+    """Refuse a model the data cannot feed: a vocabulary smaller than the corpus's symbols, a context
+    longer than a split, images of another shape or class count (`UserError`, before any training)."""
+    if isinstance(data, ImageData):
+        _, chans, height, width = data.train[0].shape
+        if (chans, height, width) != (model.in_chans, model.image_size, model.image_size) \
+                or data.num_classes != model.num_classes:
+            raise UserError(f"the images are {chans}x{height}x{width} in {data.num_classes} classes; a model with "
+                            f"in_chans {model.in_chans}, image_size {model.image_size} and num_classes "
+                            f"{model.num_classes} cannot read them")
+        return
+    if model.vocab_size < data.vocab_size:
+        raise UserError(f"model.vocab_size is {model.vocab_size}, but the corpus has {data.vocab_size} symbols "
+                        f"(byte-level); valid: model.vocab_size >= {data.vocab_size}")
+    for split in ("train", "val"):
+        check_split_size(len(getattr(data, split)), model.context_length, split)
 
 
 def data_identity(data: TaskData) -> tuple[str, str]:

@@ -33,10 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from normfree_bench.errors import UserError
 from normfree_bench.io import atomic_write_text
+from normfree_bench.store.rundir import CONFIG_FILE, read_run
 from normfree_bench.tables.render import EDGE_NOTE, fmt_lr, render
 
 REPORT_NAME = "report.html"
@@ -155,20 +154,16 @@ class RunFiles:
 
 
 def _read_config(run_dir: Path) -> tuple[dict[str, Any], str]:
-    path = run_dir / "config.yaml"
-    if not run_dir.is_dir() or not path.is_file():
-        raise UserError(f"{run_dir} is not a normfree-bench run directory (no config.yaml); "
-                        "valid: a directory made by `normfree-bench run`")
-    text = path.read_text(encoding="utf-8", errors="replace")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise UserError(f"malformed YAML in {path}: {getattr(exc, 'problem', None) or 'invalid YAML'}; "
-                        "valid: the config.yaml written by `normfree-bench run`") from exc
-    if not isinstance(data, dict) or "run_name" not in data:
-        raise UserError(f"{path} is not a run's config.yaml (no run_name); "
-                        "valid: a directory made by `normfree-bench run`")
-    return data, text
+    record = read_run(run_dir)
+    return record, (run_dir / CONFIG_FILE).read_text(encoding="utf-8", errors="replace")
+
+
+def _check_same_run(files: RunFiles, name: str, data: Any) -> None:
+    """A file that names another run than config.yaml does is a `UserError`: never mix two runs."""
+    other = data.get("run_name") if isinstance(data, dict) else None
+    if other is not None and other != files.config.get("run_name"):
+        raise UserError(f"{files.run_dir / name} belongs to run {other}, but config.yaml to run "
+                        f"{files.config.get('run_name')}; the files of two runs are mixed in {files.run_dir}")
 
 
 def _read_json(path: Path, problems: list[str]) -> Any:
@@ -217,12 +212,14 @@ def read_run_files(run_dir: Path) -> RunFiles:
     config, config_text = _read_config(run_dir)
     files = RunFiles(run_dir=run_dir, config=config, config_text=config_text)
     provenance = _read_json(run_dir / "provenance.json", files.problems)
+    _check_same_run(files, "provenance.json", provenance)
     files.provenance = provenance if isinstance(provenance, dict) else None
     rows = _read_json(run_dir / "leaderboard.json", files.problems)
     if isinstance(rows, list):
         files.leaderboard = [{k: _unjson(v) for k, v in r.items()} for r in rows if isinstance(r, dict)]
     files.trials = _read_csv(run_dir / "trials.csv", files.problems)
     analysis = _read_json(run_dir / "analysis.json", files.problems)
+    _check_same_run(files, "analysis.json", analysis)
     files.analysis = analysis if isinstance(analysis, dict) else None
     files.diagnostics_rows = _count_csv_rows(run_dir / "diagnostics.csv")
     plots_dir = run_dir / "plots"

@@ -3,9 +3,18 @@ load its Optuna studies. Every command that reads or writes a run goes through t
 
 Usage: ``record = read_run(Path("runs/smoke")); cfg = run_config(record); trials = load_trials(record, run_dir)``
 
-``config.yaml`` holds the run's record: ``config_hash``, ``run_name`` (``nfb-<hash>``), ``storage``
-(``null`` for the directory's own study.db, ``journal`` for its study.journal, or a database URL with
-its password replaced by ``***``), ``baselines``, and every section of the resolved `RunConfig`.
+``config.yaml`` holds the run's record: ``kind`` (``sweep``; ``train`` for the output of
+``normfree-bench train``), ``config_hash``, ``run_name`` (``nfb-<hash>``), ``storage`` (``null`` for the
+directory's own study.db, ``journal`` for its study.journal, or a database URL with its password
+replaced by ``***``), ``baselines``, ``resolved`` (the device, precision and threads the last
+invocation actually used), and every section of the `RunConfig`.
+
+The guard in front of every run directory lives here. A command that reads a run (`open_run`)
+checks that the directory is a sweep's, that its study database exists where the record says, and
+that the database holds this run's studies; it never creates anything. A command that writes one
+(`plan_run_dir`, then `create_run_dir`) also refuses a changed config, another storage, a study database gone missing,
+and an in-memory database, before it writes a byte; ``--force-new`` moves the old run whole into
+``previous/<time>-<run name>/``, where it stays readable.
 Each baseline's study is named ``<run_name>:<baseline>`` and carries, as user attributes, its
 config, baseline, grid (``space``) and data fingerprint (``corpus_sha256``), so that a worker on
 another machine needs only the storage URL and the run name.
@@ -14,6 +23,7 @@ another machine needs only the storage URL and the run name.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,26 +32,52 @@ import optuna
 
 from normfree_bench.config import ModelConfig, RunConfig, build_dataclass, read_yaml
 from normfree_bench.errors import UserError
-from normfree_bench.io import write_yaml
-from normfree_bench.store.storage import JOURNAL, open_storage, redact, resolve_storage
+from normfree_bench.io import write_csv, write_json, write_yaml
+from normfree_bench.store.storage import JOURNAL, open_storage, redact, resolve_storage, storage_file
+from normfree_bench.training.diagnostics import DIAG_COLUMNS
+from normfree_bench.training.train import CURVE_FIELDS, RunResult
 
 CONFIG_FILE = "config.yaml"
-RECORD_KEYS = ("config_hash", "run_name", "storage", "baselines")  # config.yaml's keys beside the config
+PREVIOUS_DIR = "previous"  # where --force-new moves an older run
+RECORD_KEYS = ("kind", "config_hash", "run_name", "storage", "baselines", "resolved")  # beside the config
 LEGACY_KEYS = ("fault",)  # sections of older records that are no longer part of a RunConfig
 Space = dict[str, list[Any]]
 
 
 # ---- the record ------------------------------------------------------------------------------------
-def read_run(run_dir: Path) -> dict[str, Any]:
-    """The record in ``config.yaml``; a directory that is not a run is a `UserError`."""
+def record_kind(record: dict[str, Any]) -> str:
+    """``sweep`` or ``train`` (records written before ``kind`` existed: by their keys)."""
+    return record.get("kind") or ("sweep" if "run_name" in record else "train")
+
+
+def read_run(run_dir: Path, kind: str = "sweep") -> dict[str, Any]:
+    """The record in ``config.yaml`` of a run of this ``kind``; anything else is a `UserError`."""
     path = run_dir / CONFIG_FILE
     if not run_dir.is_dir() or not path.is_file():
         raise UserError(f"{run_dir} is not a normfree-bench run directory (no config.yaml); "
                         "valid: a directory made by `normfree-bench run`")
     record = read_yaml(path)
-    if "run_name" not in record or "storage" not in record:
-        raise UserError(f"{path} is not a run's config.yaml (no run_name/storage); it may be a `train` output")
+    found = record_kind(record)
+    if found != kind:
+        raise UserError(f"{run_dir} holds the output of `normfree-bench {found}`, not of `normfree-bench {kind}`; "
+                        "valid: a directory made by `normfree-bench run`")
+    if kind == "sweep" and ("run_name" not in record or "storage" not in record):
+        raise UserError(f"{path} is not a run's config.yaml (no run_name/storage)")
     return record
+
+
+def open_run(run_dir: Path, storage_url: str | None = None) -> tuple[dict[str, Any], optuna.storages.BaseStorage]:
+    """A run to read: its record and its storage, opened without creating anything. The study
+    database must exist where the record says and hold this run's studies."""
+    record = read_run(run_dir)
+    url = resolve_storage(record, run_dir, storage_url)
+    storage = open_storage(url, heartbeat=False, create=False)
+    try:
+        run_studies(storage, record["run_name"])
+    except UserError as exc:
+        raise UserError(f"the storage of {run_dir} ({redact(url)}) holds no study of run {record['run_name']}: "
+                        "its config.yaml and its database belong to different runs") from exc
+    return record, storage
 
 
 def run_config(record: dict[str, Any]) -> RunConfig:
@@ -66,38 +102,70 @@ def run_axes(record: dict[str, Any]) -> list[str]:
     return list(record.get("sweep", {}).get("axes", {}))
 
 
-def prepare_run_dir(cfg: RunConfig, run_dir: Path, baselines: list[str], storage_url: str | None,
-                    force_new: bool, workers: int = 1) -> dict[str, Any]:
-    """Create or re-open a run directory for a sweep of ``baselines``; refuse a changed config unless
-    ``force_new``. Returns the record as written to ``config.yaml``. The storage is kept as ``null``
-    (the directory's study.db), ``journal`` (its study.journal, chosen for a new run with several
-    workers) or the given URL with its password replaced by ``***``."""
+def plan_run_dir(cfg: RunConfig, run_dir: Path, baselines: list[str], storage_url: str | None,
+                 force_new: bool, workers: int = 1) -> tuple[dict[str, Any], bool]:
+    """Check a run directory for a sweep of ``baselines``, writing nothing: return the record its
+    ``config.yaml`` will hold, and whether the old run there must first move into ``previous/``.
+    Refused: a directory that is not a sweep's, a changed config (unless ``force_new``), a
+    ``--storage`` other than the one the run was created with, and a study database that the record
+    names but is gone. The storage of a new run is ``null`` (the directory's study.db), ``journal``
+    (its study.journal, chosen for a new run with several workers) or the given URL with its password
+    replaced by ``***``."""
     run_hash = cfg.sweep_hash()
     existing = None
-    config_path = run_dir / CONFIG_FILE
-    if config_path.is_file():
-        existing = read_yaml(config_path)
-        if existing.get("config_hash") != run_hash and not force_new:
-            raise UserError(
-                f"run directory {run_dir} holds a different config (hash {existing.get('config_hash')} != "
-                f"{run_hash}); use another --out, or --force-new to start a new study there")
-    elif run_dir.exists() and any(run_dir.iterdir()):
+    if (run_dir / CONFIG_FILE).is_file():
+        existing = read_run(run_dir)
+    elif run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         raise UserError(f"{run_dir} exists and is not a normfree-bench run directory; choose another --out")
-    if storage_url:
-        stored = redact(storage_url)
-    elif existing is not None:
-        stored = existing.get("storage")
+    archive = existing is not None and existing.get("config_hash") != run_hash
+    if archive and not force_new:
+        raise UserError(
+            f"run directory {run_dir} holds a different config (hash {existing.get('config_hash')} != "
+            f"{run_hash}); use another --out, or --force-new to move the old run into {PREVIOUS_DIR}/")
+    if existing is not None and not archive:
+        url = resolve_storage(existing, run_dir, storage_url)  # another --storage is refused here
+        path = storage_file(url)
+        if path is not None and not path.is_file():
+            raise UserError(f"run directory {run_dir} records its study database at {path}, which is missing; "
+                            "restore it, or start anew with --force-new")
+        stored = existing["storage"]
     else:
-        stored = JOURNAL if workers > 1 else None
+        stored = redact(storage_url) if storage_url else (JOURNAL if workers > 1 else None)
     reference = cfg.sweep.reference
-    names = sorted(set(baselines) | set((existing or {}).get("baselines", [])), key=lambda n: (n != reference, n))
-    record = {"config_hash": run_hash, "run_name": f"nfb-{run_hash}", "storage": stored, "baselines": names,
-              **cfg.to_dict()}
+    kept = [] if archive or existing is None else existing.get("baselines", [])
+    names = sorted(set(baselines) | set(kept), key=lambda n: (n != reference, n))
+    record = {"kind": "sweep", "config_hash": run_hash, "run_name": f"nfb-{run_hash}", "storage": stored,
+              "baselines": names, **cfg.to_dict()}
+    return record, archive
+
+
+def create_run_dir(run_dir: Path, record: dict[str, Any], archive: bool) -> None:
+    """Write a planned run's ``config.yaml`` (after moving the old run into ``previous/`` when asked)."""
     try:
+        if archive:
+            archive_run(run_dir, read_run(run_dir))
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_yaml(config_path, record)
+        write_yaml(run_dir / CONFIG_FILE, record)
     except OSError as exc:
         raise UserError(f"run directory {run_dir} is not writable ({exc.strerror}); choose another --out") from exc
+
+
+def archive_run(run_dir: Path, record: dict[str, Any]) -> Path:
+    """Move every file of the run in ``run_dir`` into ``previous/<time>-<run name>/``: a whole run
+    directory that `leaderboard` still reads (its own study.db moves with it)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = run_dir / PREVIOUS_DIR / f"{stamp}-{record.get('run_name', 'run')}"
+    target.mkdir(parents=True)
+    for entry in run_dir.iterdir():
+        if entry.name != PREVIOUS_DIR:
+            entry.rename(target / entry.name)
+    return target
+
+
+def record_resolved(run_dir: Path, record: dict[str, Any], resolved: dict[str, Any]) -> dict[str, Any]:
+    """Add what this invocation actually ran with (device, precision, threads) to the record."""
+    record = {**record, "resolved": resolved}
+    write_yaml(run_dir / CONFIG_FILE, record)
     return record
 
 
@@ -143,15 +211,43 @@ def study_spec(study: optuna.Study) -> tuple[RunConfig, str, Space]:
     return run_config(attrs["config"]), attrs["baseline"], attrs["space"]
 
 
-def load_trials(record: dict[str, Any], run_dir: Path,
-                storage_url: str | None = None) -> list[tuple[str, optuna.trial.FrozenTrial]]:
+def load_trials(record: dict[str, Any],
+                storage: optuna.storages.BaseStorage) -> list[tuple[str, optuna.trial.FrozenTrial]]:
     """Every trial of the run's studies, as (baseline, trial), in the record's baseline order then trial order."""
-    storage = open_storage(resolve_storage(record, run_dir, storage_url), heartbeat=False)
     prefix = record["run_name"] + ":"
     order = {b: i for i, b in enumerate(record.get("baselines", []))}
-    try:
-        studies = run_studies(storage, record["run_name"])
-    except UserError:
-        return []  # no trial has started yet
+    studies = run_studies(storage, record["run_name"])
     studies.sort(key=lambda s: (order.get(s.study_name[len(prefix):], len(order)), s.study_name))
     return [(s.study_name[len(prefix):], t) for s in studies for t in s.get_trials(deepcopy=False)]
+
+
+# ---- the output of `normfree-bench train` -----------------------------------------------------------
+def check_train_dir(out: Path, cfg: RunConfig) -> None:
+    """Refuse an ``--out`` for ``train`` that holds anything but a previous ``train`` output of the same
+    config (which the new run reproduces): a sweep's run directory, another config's output, or any
+    other file. Nothing is created here; the output directory appears only when the results are written."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise UserError(f"output {out} is a file, not a directory; choose another --out")
+    if not any(out.iterdir()):
+        return
+    if not (out / CONFIG_FILE).is_file():
+        raise UserError(f"{out} exists and is not the output of `normfree-bench train`; choose another --out")
+    record = read_yaml(out / CONFIG_FILE)
+    if record_kind(record) != "train":
+        raise UserError(f"{out} holds the run directory of a sweep; `train` would overwrite its files; "
+                        "choose another --out")
+    if record.get("config_hash") != cfg.config_hash():
+        raise UserError(f"{out} holds the train output of another config (hash {record.get('config_hash')} != "
+                        f"{cfg.config_hash()}); choose another --out")
+
+
+def write_train_output(out: Path, cfg: RunConfig, result: RunResult, resolved: dict[str, Any]) -> None:
+    """``config.yaml`` (kind ``train``, the config with its hash and what it resolved to),
+    ``metrics.json``, ``curve.csv`` and ``diagnostics.csv``."""
+    write_yaml(out / CONFIG_FILE, {"kind": "train", "config_hash": cfg.config_hash(), "resolved": resolved,
+                                   **cfg.to_dict()})
+    write_json(out / "metrics.json", result.metrics())
+    write_csv(out / "curve.csv", result.curve, CURVE_FIELDS)
+    write_csv(out / "diagnostics.csv", [dict(zip(DIAG_COLUMNS, row)) for row in result.diagnostics], DIAG_COLUMNS)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy.engine
 import sqlalchemy.exc
 from optuna.storages.journal import JournalFileBackend
 
@@ -37,29 +38,73 @@ def redact(url: str | None) -> str | None:
 
 
 def resolve_storage(record: dict[str, Any], run_dir: Path, given: str | None = None) -> str:
-    """The storage URL of a run: ``given`` (--storage), else the one recorded in config.yaml, where
-    ``null`` means the run directory's own study.db and ``journal`` its own study.journal, so a moved or
-    copied run directory keeps reading its own database."""
+    """The storage URL of a run: the one recorded in config.yaml, where ``null`` means the run
+    directory's own study.db and ``journal`` its own study.journal (so a moved or copied run directory
+    keeps reading its own database). ``given`` (--storage) is accepted only where it names the recorded
+    storage, the only way to pass a password that is never stored; another storage is a `UserError`,
+    so that no command reads or writes a run's trials in a database that is not the run's."""
     stored = record.get("storage")
+    if stored is None or stored == JOURNAL:
+        own = f"sqlite:///{(run_dir / DB_FILE).resolve()}" if stored is None else \
+            f"journal:///{(run_dir / JOURNAL_FILE).resolve()}"
+        if given and given != own:
+            name = DB_FILE if stored is None else JOURNAL_FILE
+            raise UserError(f"run {run_dir} keeps its trials in its own {name}, not in {redact(given)}; "
+                            "leave out --storage (it is only for runs created with a database URL)")
+        return own
     if given:
+        if redact(given) != stored:
+            raise UserError(f"--storage {redact(given)} is not the storage of run {run_dir} ({stored}); "
+                            "a run directory keeps the storage it was created with")
         return given
-    if stored is None:
-        return f"sqlite:///{(run_dir / DB_FILE).resolve()}"
-    if stored == JOURNAL:
-        return f"journal:///{(run_dir / JOURNAL_FILE).resolve()}"
     if "***" in stored:
         raise UserError(f"run {run_dir} uses the storage {stored}, whose password is not stored; "
                         "pass it again with --storage URL")
     return stored
 
 
-def open_storage(url: str, heartbeat: bool = True) -> optuna.storages.BaseStorage:
-    """Open ``url`` (SQLAlchemy URL or ``journal:///path``); bad or unreachable URLs are `UserError`s."""
+def in_memory(url: str) -> bool:
+    """An SQLite database that lives in memory only (``sqlite://``, ``sqlite:///:memory:``)."""
+    return url.startswith("sqlite") and (url.rstrip("/") in ("sqlite:", "sqlite://") or ":memory:" in url
+                                         or "mode=memory" in url)
+
+
+def storage_file(url: str) -> Path | None:
+    """The file an SQLite or journal URL names (None for a database server)."""
+    if url.startswith("journal:///"):
+        return Path(url.removeprefix("journal://"))
+    if url.startswith("sqlite:///"):  # sqlite:///relative.db or sqlite:////absolute.db
+        return Path(url.removeprefix("sqlite:///").split("?", 1)[0])
+    return None
+
+
+def check_url(url: str) -> None:
+    """A storage URL's form, checked without connecting: malformed or in-memory is a `UserError`."""
+    shown = redact(url)
+    if in_memory(url):
+        raise UserError(f"storage {shown!r} is an in-memory database: every trial would be lost when the process "
+                        "ends; valid: a file (sqlite:///path/study.db), or a database server URL")
+    if url.startswith("journal:///"):
+        return
+    try:
+        sqlalchemy.engine.make_url(url).get_dialect()
+    except sqlalchemy.exc.ArgumentError as exc:
+        raise UserError(f"malformed storage URL {shown!r}; valid: an SQLAlchemy URL such as "
+                        "sqlite:///study.db or postgresql+psycopg://user:pass@host/db") from exc
+
+
+def open_storage(url: str, heartbeat: bool = True, create: bool = True) -> optuna.storages.BaseStorage:
+    """Open ``url`` (SQLAlchemy URL or ``journal:///path``); bad or unreachable URLs are `UserError`s.
+    An in-memory database is refused (every trial would be lost); with ``create=False`` a database
+    file that does not exist is refused instead of created empty."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     shown = redact(url)
+    check_url(url)
+    path = storage_file(url)
+    if path is not None and not create and not path.is_file():
+        raise UserError(f"the study database {path} does not exist; valid: the storage a run was created with")
     if url.startswith("journal:///"):
-        path = Path(url.removeprefix("journal://"))
         try:
             return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
         except OSError as exc:

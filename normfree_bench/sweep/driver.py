@@ -33,38 +33,43 @@ import torch
 from tqdm import tqdm
 
 from normfree_bench.config import RunConfig
-from normfree_bench.data.task import data_identity, load_data
-from normfree_bench.data.text import check_split_size
+from normfree_bench.core.registry import check_hparams_section
+from normfree_bench.data.task import check_fits, data_identity, load_data
 from normfree_bench.errors import UserError
 from normfree_bench.io import write_json
 from normfree_bench.models.factory import build_model
 from normfree_bench.store.provenance import collect_provenance
-from normfree_bench.store.rundir import create_study, prepare_run_dir
-from normfree_bench.store.storage import JOURNAL, open_storage, redact, resolve_storage
+from normfree_bench.store.rundir import create_run_dir, create_study, plan_run_dir, record_resolved
+from normfree_bench.store.storage import JOURNAL, check_url, open_storage, redact, resolve_storage
 from normfree_bench.sweep.grid import (
     ResumableGridSampler,
+    grid_configs,
     grid_size,
     point_of,
     search_space,
     sweep_baselines,
-    validate_axes,
 )
 from normfree_bench.sweep.worker import is_done, optimize_study
-from normfree_bench.training.train import resolve_device
+from normfree_bench.training.train import resolved_settings
 
 
 def done_points(study: optuna.Study) -> int:
     return len({point_of(t.params) for t in study.get_trials(deepcopy=False) if is_done(t)})
 
 
-def preflight(cfg: RunConfig, baselines: list[str]) -> None:
-    """Build each baseline at the sweep's model size and run one forward pass: a plugin whose model
-    cannot be built or whose forward raises is bad input, reported before any trial runs."""
-    if cfg.model.task == "vit":
-        ids = torch.zeros(1, cfg.model.in_chans, cfg.model.image_size, cfg.model.image_size)
-    else:
-        ids = torch.zeros(1, min(8, cfg.model.context_length), dtype=torch.long)
-    for name in baselines:
+def preflight(points: list[tuple[str, RunConfig]]) -> None:
+    """Build each baseline at every model size of the grid and run one forward pass: a plugin whose
+    model cannot be built or whose forward raises is bad input, reported before any trial runs."""
+    seen = set()
+    for name, cfg in points:
+        key = (name, repr(cfg.model), repr(sorted(cfg.baseline_hparams(name).items())))
+        if key in seen:
+            continue
+        seen.add(key)
+        if cfg.model.task == "vit":
+            ids = torch.zeros(1, cfg.model.in_chans, cfg.model.image_size, cfg.model.image_size)
+        else:
+            ids = torch.zeros(1, min(8, cfg.model.context_length), dtype=torch.long)
         try:
             with torch.no_grad():
                 build_model(name, cfg.model, **cfg.baseline_hparams(name))(ids)
@@ -75,27 +80,57 @@ def preflight(cfg: RunConfig, baselines: list[str]) -> None:
                             f"check it with `normfree-bench baselines check {name}`") from exc
 
 
+def worker_count(requested: int, open_points: int, device: str) -> int:
+    """``--workers``, capped at the grid points left and, on a CPU, at its cores (with a note)."""
+    if requested < 1:
+        raise UserError(f"--workers must be >= 1, got {requested}")
+    limit, why = max(1, open_points), f"the {open_points} grid point(s) left to run"
+    if device == "cpu" and (os.cpu_count() or 1) < limit:
+        limit, why = os.cpu_count() or 1, f"the {os.cpu_count() or 1} CPU core(s) of this machine"
+    if requested > limit:
+        print(f"note: --workers {requested} capped at {limit}: {why}", file=sys.stderr)
+        return limit
+    return requested
+
+
 def run_sweep(cfg: RunConfig, run_dir: Path, *, storage_url: str | None = None, force_new: bool = False,
               progress: bool = True, workers: int = 1, callbacks: Sequence[pl.Callback] = ()) -> dict[str, Any]:
     """Run (or resume) every baseline's grid; return the run record. Tables are written by the caller.
-    ``callbacks`` are Lightning callbacks for every trial of this process (the tests' fault injection)."""
-    baselines = sweep_baselines(cfg)
-    validate_axes(cfg, baselines)
-    device = resolve_device(cfg.train.device)
+    ``callbacks`` are Lightning callbacks for every trial of this process (the tests' fault injection).
+
+    Every input is checked before the run directory is touched: the baselines and their
+    hyperparameters, every grid point's config, the data against every model of the grid, a forward
+    pass of every model, the device and precision, and the run directory and its storage (`plan_run_dir`)."""
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
+    if storage_url:
+        check_url(storage_url)
+    baselines = sweep_baselines(cfg)
+    check_hparams_section(cfg.hparams)
+    points = grid_configs(cfg, baselines)
+    resolved = resolved_settings(cfg)
+    device = resolved["device"]
     data = load_data(cfg)  # fail on bad or too little data before anything is written
-    longest = max([cfg.model.context_length, *cfg.sweep.axes.get("model.context_length", [])])
-    if cfg.model.task == "lm":
-        for split in ("train", "val"):
-            check_split_size(len(getattr(data, split)), longest, split)
+    for _, point_cfg in points:
+        check_fits(data, point_cfg.model)
     fingerprint, source = data_identity(data)
-    preflight(cfg, baselines)
-    storage = open_storage(storage_url) if storage_url else None
-    record = prepare_run_dir(cfg, run_dir, baselines, storage_url, force_new, workers)
+    preflight(points)
+    record, archive = plan_run_dir(cfg, run_dir, baselines, storage_url, force_new, workers)
     url = resolve_storage(record, run_dir, storage_url)
+    storage = open_storage(url) if storage_url else None  # an unreachable or in-memory URL is refused here
+    create_run_dir(run_dir, record, archive)
     storage = storage or open_storage(url)
+    spaces = {b: search_space(cfg, b) for b in baselines}
+    studies = {b: create_study(storage, record["run_name"], cfg, b, spaces[b], fingerprint,
+                               ResumableGridSampler(spaces[b])) for b in baselines}
+    total = sum(grid_size(s) for s in spaces.values())
+    done = sum(min(done_points(studies[b]), grid_size(spaces[b])) for b in baselines)
+    workers = worker_count(workers, total - done, device) if workers > 1 else 1
+    if workers > 1:
+        resolved["threads"] = max(1, (cfg.train.threads or os.cpu_count() or 1) // workers)
+    record = record_resolved(run_dir, record, {**resolved, "workers": workers})
     provenance = collect_provenance(device, fingerprint, source)
+    provenance["run_name"] = record["run_name"]
     if record.get("storage") is None:  # the run directory's own file: no machine path in provenance
         provenance["storage"] = "study.db in the run directory"
     elif record["storage"] == JOURNAL:
@@ -103,11 +138,6 @@ def run_sweep(cfg: RunConfig, run_dir: Path, *, storage_url: str | None = None, 
     else:
         provenance["storage"] = redact(url)
     write_json(run_dir / "provenance.json", provenance)
-    spaces = {b: search_space(cfg, b) for b in baselines}
-    studies = {b: create_study(storage, record["run_name"], cfg, b, spaces[b], fingerprint,
-                               ResumableGridSampler(spaces[b])) for b in baselines}
-    total = sum(grid_size(s) for s in spaces.values())
-    done = sum(min(done_points(studies[b]), grid_size(spaces[b])) for b in baselines)
     bar = tqdm(total=total, initial=done, desc="trials", unit="trial", file=sys.stderr, disable=not progress,
                dynamic_ncols=True)
     t0 = time.perf_counter()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from itertools import product
 from typing import Any
 
 import optuna
@@ -93,6 +94,26 @@ def axes_for(cfg: RunConfig, baseline: str) -> Space:
 
 def search_space(cfg: RunConfig, baseline: str) -> Space:
     return {"lr": cfg.sweep.lr_grid(), "seed": list(range(cfg.sweep.seeds)), **axes_for(cfg, baseline)}
+
+
+def grid_configs(cfg: RunConfig, baselines: list[str]) -> list[tuple[str, RunConfig]]:
+    """Every (baseline, axis point) of the sweep as the config it trains with, each value checked like
+    the key it sweeps (``model.d_model: [30]`` with 4 heads, ``model.mlp: [relu]`` or a hyperparameter of
+    the wrong type is a `UserError` naming the point, before any work)."""
+    validate_axes(cfg, baselines)
+    out = []
+    for baseline in baselines:
+        axes = axes_for(cfg, baseline)
+        for values in product(*axes.values()):
+            point = dict(zip(axes, values))
+            try:
+                point_cfg = trial_config(cfg, baseline, {"lr": cfg.sweep.lr_grid()[0], "seed": 0, **point})
+                get_baseline(baseline).check_hparams(point_cfg.baseline_hparams(baseline))
+            except UserError as exc:
+                where = ", ".join(f"{k}={v!r}" for k, v in point.items()) or "the shared config"
+                raise UserError(f"{baseline} at {where}: {exc}") from exc
+            out.append((baseline, point_cfg))
+    return out
 
 
 def grid_size(space: Space) -> int:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 
 from normfree_bench.io import atomic_write_text, write_csv, write_json
-from normfree_bench.store.rundir import load_trials, read_run, run_axes, run_l0
+from normfree_bench.store.rundir import load_trials, open_run, run_axes, run_l0
 from normfree_bench.store.trials import (
     KEY_COLUMNS,
     TRIAL_COLUMNS,
@@ -32,12 +33,28 @@ from normfree_bench.training.diagnostics import DIAG_COLUMNS
 from normfree_bench.training.train import CURVE_FIELDS
 
 
-def collect(record: dict[str, Any], run_dir: Path,
-            storage_url: str | None = None) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
+@dataclass
+class RunTables:
+    """Everything the tables of a run are made of, read from its studies."""
+
+    record: dict[str, Any]
+    trials: list[dict[str, Any]]  # one row per trial (trials.csv)
+    curves: list[dict[str, Any]]  # one row per logged step of a COMPLETE trial (curves.csv)
+    records: list[dict[str, Any]]  # the leaderboard computation's input, one per COMPLETE trial
+    diagnostics: list[dict[str, Any]]  # diagnostics.csv
+    rows: list[dict[str, Any]]  # the leaderboard
+
+    @property
+    def axes(self) -> list[str]:
+        return run_axes(self.record)
+
+
+def collect(record: dict[str, Any],
+            storage: optuna.storages.BaseStorage) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
     """(trial rows, curve rows, metric records of COMPLETE trials, diagnostics rows) for a run."""
     axes = run_axes(record)
     trials, curves, records, diagnostics = [], [], [], []
-    for baseline, trial in load_trials(record, run_dir, storage_url):
+    for baseline, trial in load_trials(record, storage):
         row = trial_row(baseline, trial, axes)
         trials.append(row)
         if trial.state != optuna.trial.TrialState.COMPLETE:
@@ -58,24 +75,37 @@ def leaderboard_rows(record: dict[str, Any], records: list[dict]) -> list[dict[s
                      target=sweep.get("target_loss"), reference=sweep.get("reference", REFERENCE))
 
 
+def read_tables(run_dir: Path, storage_url: str | None = None) -> RunTables:
+    """A run's tables, computed from its studies; reads only (see `normfree_bench.store.rundir.open_run`)."""
+    record, storage = open_run(run_dir, storage_url)
+    trials, curves, records, diagnostics = collect(record, storage)
+    return RunTables(record, trials, curves, records, diagnostics, leaderboard_rows(record, records))
+
+
 def write_results(run_dir: Path, plots: bool = True, storage_url: str | None = None) -> list[dict[str, Any]]:
-    """Regenerate every table (and the plots) of a run directory; return the leaderboard rows."""
-    record = read_run(run_dir)
-    axes = run_axes(record)
-    trials, curves, records, diagnostics = collect(record, run_dir, storage_url)
-    rows = leaderboard_rows(record, records)
+    """Regenerate every table (and the plots) of a run directory; return the leaderboard rows. Only
+    the sweep that owns the run calls this: other commands read the tables, or add plots."""
+    t = read_tables(run_dir, storage_url)
+    axes = t.axes
     n_key = len(KEY_COLUMNS)
-    write_csv(run_dir / "trials.csv", trials, (*KEY_COLUMNS, *axes, *TRIAL_COLUMNS[n_key:]))
-    write_csv(run_dir / "curves.csv", curves, (*KEY_COLUMNS, *axes, *CURVE_FIELDS))
-    write_csv(run_dir / "diagnostics.csv", diagnostics, (*KEY_COLUMNS, *axes, *DIAG_COLUMNS))
-    write_json(run_dir / "leaderboard.json", rows)
-    write_csv(run_dir / "leaderboard.csv", rows, table_columns(axes))
-    atomic_write_text(run_dir / "leaderboard.md", render(rows, "github", axes) + "\n")
-    record_compute(run_dir, trials)
-    if plots and records:
-        plot_all(records_with_full_curves(records, trials, curves), rows, run_l0(record),
-                 run_dir / "plots", axes)
-    return rows
+    write_csv(run_dir / "trials.csv", t.trials, (*KEY_COLUMNS, *axes, *TRIAL_COLUMNS[n_key:]))
+    write_csv(run_dir / "curves.csv", t.curves, (*KEY_COLUMNS, *axes, *CURVE_FIELDS))
+    write_csv(run_dir / "diagnostics.csv", t.diagnostics, (*KEY_COLUMNS, *axes, *DIAG_COLUMNS))
+    write_json(run_dir / "leaderboard.json", t.rows)
+    write_csv(run_dir / "leaderboard.csv", t.rows, table_columns(axes))
+    atomic_write_text(run_dir / "leaderboard.md", render(t.rows, "github", axes) + "\n")
+    record_compute(run_dir, t.trials)
+    if plots:
+        write_plots(t, run_dir)
+    return t.rows
+
+
+def write_plots(tables: RunTables, run_dir: Path) -> list[Path]:
+    """Draw the sweep's plots into ``run_dir/plots``; the tables stay as they are."""
+    if not tables.records:
+        return []
+    return plot_all(records_with_full_curves(tables.records, tables.trials, tables.curves), tables.rows,
+                    run_l0(tables.record), run_dir / "plots", tables.axes)
 
 
 def compute_summary(trials: list[dict[str, Any]]) -> dict[str, Any]:

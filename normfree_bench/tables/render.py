@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -80,13 +81,23 @@ def sort_rows(rows: list[dict[str, Any]], column: str | None) -> list[dict[str, 
     if column not in valid:
         raise UserError(f"unknown sort column '{column}'; valid: {', '.join(valid)}")
 
-    def key(row: dict[str, Any]) -> tuple[int, Any]:
-        value = row.get(column)
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            return (1, 0)
-        return (0, value)
+    return sorted(rows, key=lambda row: sort_key(row.get(column)))
 
-    return sorted(rows, key=key)
+
+def sort_key(value: Any) -> tuple[int, Any]:
+    """Numbers by value, a ``k/N`` count by its fraction k/N (then k), other text by the text, and a
+    missing value (None, NaN) last."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return (3, 0)
+    if isinstance(value, bool):
+        return (0, (float(value), 0.0))
+    if isinstance(value, (int, float)):
+        return (0, (float(value), 0.0))
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(value))
+    if match:
+        k, n = int(match.group(1)), int(match.group(2))
+        return (1, (k / n if n else math.inf, k))
+    return (2, str(value))
 
 
 def render(rows: list[dict[str, Any]], fmt: str = "github", axes: Sequence[str] = ()) -> str:

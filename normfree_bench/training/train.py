@@ -13,7 +13,6 @@ import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -22,9 +21,7 @@ import torch
 from normfree_bench.config import RunConfig
 from normfree_bench.data.task import TaskData, load_data, loaders
 from normfree_bench.errors import UserError
-from normfree_bench.io import write_csv, write_json, write_yaml
 from normfree_bench.models.factory import build_model
-from normfree_bench.training.diagnostics import DIAG_COLUMNS
 from normfree_bench.training.guard import DivergenceGuard
 from normfree_bench.training.lit_module import LitModel
 
@@ -78,9 +75,22 @@ def resolve_device(requested: str) -> str:
 
 
 def resolve_precision(precision: str, device: str) -> str:
+    """The precision a run uses on ``device``: ``auto`` is bf16-mixed on CUDA and 32-true on CPU;
+    fp16 mixed precision needs CUDA (on a CPU Lightning would silently run bf16 instead)."""
     if precision == "auto":
         return "bf16-mixed" if device == "cuda" else "32-true"
+    if precision == "16-mixed" and device != "cuda":
+        raise UserError("train.precision '16-mixed' needs a CUDA device; valid on CPU: 32-true, bf16-mixed, "
+                        "bf16-true, 64-true")
     return precision
+
+
+def resolved_settings(cfg: RunConfig) -> dict[str, Any]:
+    """What a run of ``cfg`` actually uses here: device, precision and torch threads (recorded as run,
+    not as requested)."""
+    device = resolve_device(cfg.train.device)
+    return {"device": device, "precision": resolve_precision(cfg.train.precision, device),
+            "threads": cfg.train.threads or torch.get_num_threads()}
 
 
 class _EvalTimer(pl.Callback):
@@ -174,11 +184,3 @@ def train_one(cfg: RunConfig, *, corpus: TaskData | None = None, callbacks: list
         params=model.num_params(), device=device, precision=precision, curve=merge_curve(module),
         diagnostics=module.diagnostics,
     )
-
-
-def write_run(out_dir: Path, cfg: RunConfig, result: RunResult) -> None:
-    """``config.yaml`` (resolved, with its hash), ``metrics.json``, ``curve.csv`` and ``diagnostics.csv``."""
-    write_yaml(out_dir / "config.yaml", {"config_hash": cfg.config_hash(), **cfg.to_dict()})
-    write_json(out_dir / "metrics.json", result.metrics())
-    write_csv(out_dir / "curve.csv", result.curve, CURVE_FIELDS)
-    write_csv(out_dir / "diagnostics.csv", [dict(zip(DIAG_COLUMNS, row)) for row in result.diagnostics], DIAG_COLUMNS)
