@@ -34,12 +34,10 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def jsonable(value: Any) -> Any:
-    """JSON has no NaN or infinity: write them as null and the string "inf"."""
-    if isinstance(value, float):
-        if math.isnan(value):
-            return None
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
+    """JSON has no NaN or infinity: write both as null, so that every number column holds numbers or
+    null, never strings (a table says elsewhere what null means: a missed target, a non-finite loss)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -164,7 +164,7 @@ def test_smoke_run_writes_diagnostics_for_every_trial(smoke_dir: Path) -> None:
     with open(smoke_dir / "diagnostics.csv", newline="") as fh:
         reader = csv.DictReader(fh)
         rows = list(reader)
-    assert reader.fieldnames[:4] == ["trial", "baseline", "lr", "seed"]
+    assert reader.fieldnames[:5] == ["trial", "baseline", "phase", "lr", "seed"]
     assert reader.fieldnames[-5:] == ["step", "layer", "site", "metric", "value"]
     with open(smoke_dir / "trials.csv", newline="") as fh:
         last_step = {r["trial"]: int(r["steps"]) for r in csv.DictReader(fh) if r["status"] == "COMPLETE"}

@@ -35,7 +35,7 @@ def tiny_cfg(corpus: str, **sections: dict) -> dict:
         "data": {"corpus": corpus, "batch_size": 4, "val_windows": 4},
         "train": {"steps": 6, "warmup_steps": 1, "eval_interval": 3, "log_interval": 1, "threads": 1},
         "guard": {"patience": 3},
-        "sweep": {"lrs": [0.01], "seeds": 1, "baselines": ["layernorm"]},
+        "sweep": {"lrs": [0.01], "seeds": 1, "eval_seeds": 0, "baselines": ["layernorm"]},
     }
     for name, values in sections.items():
         cfg[name] = {**cfg.get(name, {}), **values}

@@ -40,3 +40,12 @@ def test_readme_convert_example_prints_its_report():
     assert out.returncode == 0, out.stderr
     expected = re.search(r"print\(report\)  # (.*)", code).group(1)
     assert out.stdout.strip() == expected
+
+
+def test_every_leaderboard_column_is_documented_in_the_readme():
+    from normfree_bench.tables.leaderboard import LEADERBOARD_COLUMNS
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = text[text.index("### Leaderboard columns"):text.index("## Baselines")]
+    documented = set(re.findall(r"^\| `([a-z_0-9]+)` \|", table, re.M))
+    assert set(LEADERBOARD_COLUMNS) <= documented, sorted(set(LEADERBOARD_COLUMNS) - documented)

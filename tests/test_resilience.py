@@ -44,7 +44,8 @@ def config(root: Path, name: str, *, steps: int = 40, lrs: list[float] | None = 
         "data": {"corpus": str(root / "corpus.txt"), "batch_size": 4, "val_windows": 8},
         "train": {"steps": steps, "warmup_steps": 2, "eval_interval": 10, "log_interval": 1, "threads": 1},
         "guard": {"margin": 1.0, "patience": 3},
-        "sweep": {"lrs": lrs or [0.003, 0.01, 0.03], "seeds": 1, "baselines": baselines or ["layernorm"]},
+        "sweep": {"lrs": lrs or [0.003, 0.01, 0.03], "seeds": 1, "eval_seeds": 0,
+                  "baselines": baselines or ["layernorm"]},
         **sections,
     }
     path = root / f"{name}.yaml"

@@ -45,11 +45,24 @@ def test_guard_recovered_spike_is_recorded_not_divergence():
     assert guard.max_loss == 531.0
 
 
-def test_guard_final_loss_not_below_l0_is_divergence():
+def test_guard_a_finite_final_loss_at_chance_is_not_divergence_but_a_non_finite_one_is():
     guard = DivergenceGuard(l0=L0)
     guard.update(1, 5.0)
-    guard.finish(L0, step=10)
-    assert guard.diverged and guard.reason == "final validation loss not below l0"
+    guard.finish(L0, step=10)  # stuck at chance without blowing up: the leaderboard calls it stalled
+    assert not guard.diverged
+    guard.finish(math.nan, step=10)
+    assert guard.diverged and guard.reason == "non-finite validation loss" and guard.diverged_step == 10
+
+
+def test_guard_max_loss_includes_the_stopping_step():
+    guard = DivergenceGuard(l0=L0, margin=1.0, patience=2)
+    for step, loss in enumerate([4.0, 7.0, 9.0], start=1):
+        guard.update(step, loss)
+    assert guard.diverged and guard.max_loss == 9.0  # the step that stopped the run
+    guard = DivergenceGuard(l0=L0)
+    guard.update(1, 4.0)
+    guard.update(2, math.inf)
+    assert guard.diverged and guard.max_loss == math.inf
 
 
 def small_run(baseline: str = "layernorm", lr: float = 3e-3, steps: int = 60, **train) -> RunConfig:

@@ -204,16 +204,33 @@ class SweepConfig:
     # Extra grid axes, "model.<field>" or "<baseline>.<hparam>": e.g. {"dyt.alpha_init": [0.5, 1.0]}.
     axes: dict[str, list[Any]] = field(default_factory=dict)
     reference: str = "layernorm"  # the scheme every other is compared with (targets, p-values, plots)
-    basin_tol: float = 0.05  # nats: the LR basin is the band within this of the best loss
-    target_loss: float | None = None  # steps_to_target's target; None: the reference's median best loss
+    # Held-out seeds: the chosen LR of every cell is re-run with this many fresh seeds after the grid
+    # (seeds after the tuning ones); heldout_loss and p_vs_reference come from them alone. 0: none.
+    eval_seeds: int = 3
+    # A cell "trained" when its best loss is below trivial * (1 - trained_margin), trivial being the loss
+    # of the best constant predictor (unigram bytes or class frequencies) on the run's validation data.
+    trained_margin: float = 0.02
+    sensitivity_window: list[float] = field(default_factory=lambda: [3e-4, 3e-1])  # Wortsman's LR window
+    basin_tol: float = 0.1  # the LR basin: loss within basin_tol of what the cell learned (trivial - best)
+    target_loss: float | None = None  # steps_to_target's target; None: the reference's loss, plus target_tol
+    target_tol: float = 0.05  # ... of what the reference learned (trivial - its loss)
 
     def __post_init__(self) -> None:
         if self.lrs is not None and not self.lrs:
             raise UserError("sweep.lrs is an empty list; give at least one learning rate, or leave it out to use "
                             "the lr_min ... lr_max grid of n_lrs points")
-        check_finite("sweep", ("basin_tol", self.basin_tol), ("target_loss", self.target_loss))
-        if self.basin_tol < 0:
-            raise UserError(f"sweep.basin_tol must be >= 0, got {self.basin_tol}")
+        check_finite("sweep", ("basin_tol", self.basin_tol), ("target_loss", self.target_loss),
+                     ("target_tol", self.target_tol), ("trained_margin", self.trained_margin))
+        for name in ("basin_tol", "target_tol", "trained_margin"):
+            if not 0 <= getattr(self, name) < 1:
+                raise UserError(f"sweep.{name} must be in [0, 1) (a fraction of what a scheme learned), "
+                                f"got {getattr(self, name)}")
+        if self.eval_seeds < 0:
+            raise UserError(f"sweep.eval_seeds must be >= 0 (0: no held-out seeds), got {self.eval_seeds}")
+        window = self.sensitivity_window
+        if len(window) != 2 or not all(math.isfinite(v) and v > 0 for v in window) or window[0] >= window[1]:
+            raise UserError(f"sweep.sensitivity_window must be two learning rates [low, high] with "
+                            f"0 < low < high, got {window}")
         grid = self.lrs or [self.lr_min, self.lr_max]
         if any(not (lr > 0 and math.isfinite(lr)) for lr in grid):
             raise UserError(f"sweep learning rates must be finite numbers > 0, got {grid}")

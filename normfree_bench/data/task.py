@@ -5,6 +5,7 @@ Usage: ``data = load_data(cfg); train_loader, val_loader = loaders(cfg, data)``
 
 from __future__ import annotations
 
+import numpy as np
 from torch.utils.data import DataLoader
 
 from normfree_bench.config import ModelConfig, RunConfig
@@ -40,6 +41,23 @@ def check_fits(data: TaskData, model: ModelConfig) -> None:
                         f"(byte-level); valid: model.vocab_size >= {data.vocab_size}")
     for split in ("train", "val"):
         check_split_size(len(getattr(data, split)), model.context_length, split)
+
+
+def trivial_loss(data: TaskData) -> float:
+    """The validation loss (nats) of the best constant predictor: the training split's byte frequencies
+    for the LM (a unigram model), its class frequencies for the ViT, add-one smoothed, scored by
+    cross-entropy on the validation split. A scheme whose best loss is not clearly below it learned
+    nothing a frequency table would not (the leaderboard's ``failed: no learning``)."""
+    if isinstance(data, ImageData):
+        n = data.num_classes
+        train, val = data.train[1].numpy(), data.val[1].numpy()
+    else:
+        n = data.vocab_size
+        train, val = np.asarray(data.train), np.asarray(data.val)
+    counts = np.bincount(train, minlength=n).astype(np.float64) + 1.0
+    log_p = np.log(counts / counts.sum())
+    val_counts = np.bincount(val, minlength=n).astype(np.float64)
+    return float(-(val_counts * log_p).sum() / val_counts.sum())
 
 
 def data_identity(data: TaskData) -> tuple[str, str]:

@@ -36,7 +36,8 @@ from typing import Any
 from normfree_bench.errors import UserError
 from normfree_bench.io import atomic_write_text
 from normfree_bench.store.rundir import CONFIG_FILE, read_run
-from normfree_bench.tables.render import EDGE_NOTE, fmt_lr, render
+from normfree_bench.tables.leaderboard import COLUMN_DOCS
+from normfree_bench.tables.render import fmt_lr, notes, render
 
 REPORT_NAME = "report.html"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -76,9 +77,10 @@ PLOT_RULES: tuple[tuple[str, str], ...] = (
 # What a known figure shows, by file stem prefix (longest prefix first where they nest).
 PLOT_CAPTIONS: tuple[tuple[str, str], ...] = (
     ("loss_vs_lr", "Final validation loss vs learning rate (log x), one line per baseline; diverged trials are "
-                   "red crosses at the initial loss l0 (dashed line)."),
-    ("lr_sensitivity", "LR sensitivity per baseline: mean over the grid of min(loss, l0) minus the best loss "
-                       "(lower is better)."),
+                   "red crosses at the initial loss l0 (dashed line), the trivial loss is dotted, and a failed "
+                   "cell's line is grey."),
+    ("lr_sensitivity", "LR sensitivity per trained cell: Wortsman's mean excess over the fixed LR window (lower is "
+                       "better); a failed cell is a grey bar labelled with its verdict, not ranked."),
     ("heatmap_", "Stability map: learning rate x swept axis value, colour = mean capped validation loss."),
     ("curves_best_lr", "Train (thin lines) and validation (markers) loss vs step at each baseline's best "
                        "learning rate."),
@@ -88,24 +90,6 @@ PLOT_CAPTIONS: tuple[tuple[str, str], ...] = (
     ("analysis_ptq", "Post-training quantization: validation-loss increase over fp32 per scheme."),
     ("analysis_alpha_vs_inv_std", "Learned alpha of each point-wise site vs 1/std of its input."),
     ("analysis_s_curves_", "Input-output map of each normalization site (the S-curves)."),
-)
-
-LEADERBOARD_LEGEND: tuple[tuple[str, str], ...] = (
-    ("best_val_loss", "mean over seeds of the final validation loss at the best LR (± 95 % t-interval with ≥ 3 "
-                      "seeds); lower is better"),
-    ("best_val_loss_std", "standard deviation over seeds at the best LR"),
-    ("best_val_accuracy", "ViT runs: mean final validation accuracy at the best LR"),
-    ("best_lr", "the arg-min learning rate; * when it is at the edge of the grid"),
-    ("lr_sensitivity", "mean over the grid of min(loss, l0) minus the best loss (Wortsman et al. 2023)"),
-    ("diverged", "k/N trials that diverged"),
-    ("max_stable_lr", "the largest LR at which no seed diverged"),
-    ("spiked", "k/N trials that rose above l0 + margin and recovered"),
-    ("lr_basin_decades", "width in decades of the contiguous LR band within basin_tol of the best"),
-    ("steps_to_target", "median over seeds of the first eval step reaching the target loss; ∞ on a miss"),
-    ("tokens_per_s", "median training throughput (evaluation excluded)"),
-    ("params", "parameter count"),
-    ("p_vs_reference", "with ≥ 3 seeds: Welch t-test against the reference scheme (sweep.reference), "
-                       "Holm-corrected"),
 )
 
 CSS = """
@@ -372,9 +356,12 @@ def outcome_sentence(files: RunFiles) -> str | None:
         status = [r.get("status", "") for r in trials]
         complete = status.count("COMPLETE")
         diverged = sum(1 for r in trials if r.get("status") == "COMPLETE" and r.get("diverged") == "True")
+        heldout = sum(1 for r in trials if r.get("phase") == "eval")
         failed = status.count("FAIL")
         other = len(trials) - complete - failed
         text = f"Of {_plural(len(trials), 'trial')}, {complete:,} finished ({diverged:,} of them diverged)"
+        if heldout:
+            text += f", {heldout:,} of them held-out seeds at the chosen learning rates"
         text += f", {failed:,} failed" + (f", {other:,} not finished yet" if other else "")
         bits.append(text)
     compute = (files.provenance or {}).get("compute")
@@ -565,10 +552,9 @@ def leaderboard_section(files: RunFiles) -> list[str]:
     outcome = outcome_sentence(files)
     out = [para(text + (" " + outcome if outcome else ""))]
     out.append('<div class="table-wrap">' + render(rows, "html", axes) + "</div>")
-    if any(r.get("best_lr_at_edge") for r in rows):
-        out.append(para(EDGE_NOTE, "note"))
+    out += [para(line, "note") for line in notes(rows, axes)]
     present = {k for r in rows for k, v in r.items() if v is not None}
-    legend = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in LEADERBOARD_LEGEND if k in present)
+    legend = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in COLUMN_DOCS.items() if k in present)
     if legend:
         out.append(f'<dl class="legend">{legend}</dl>')
     return out

@@ -170,20 +170,33 @@ def record_resolved(run_dir: Path, record: dict[str, Any], resolved: dict[str, A
 
 
 # ---- the studies -----------------------------------------------------------------------------------
-def study_name(run_name: str, baseline: str) -> str:
-    return f"{run_name}:{baseline}"
+def study_name(run_name: str, baseline: str, phase: str = "tune", point: dict[str, Any] | None = None) -> str:
+    """``<run>:<baseline>`` for the LR grid; ``<run>:<baseline>:eval`` (``...:eval[model.n_layers=2]`` for a
+    cell of an extra axis) for the held-out seeds of the cell's chosen LR."""
+    name = f"{run_name}:{baseline}"
+    if phase == "eval":
+        label = ",".join(f"{k}={v}" for k, v in sorted((point or {}).items()))
+        name += ":eval" + (f"[{label}]" if label else "")
+    return name
 
 
 def create_study(storage: optuna.storages.BaseStorage, run_name: str, cfg: RunConfig, baseline: str, space: Space,
-                 corpus_sha256: str, sampler: optuna.samplers.BaseSampler) -> optuna.Study:
-    """Create (or load) a baseline's study and record what a remote worker needs to join it."""
-    study = optuna.create_study(study_name=study_name(run_name, baseline), storage=storage, direction="minimize",
-                                sampler=sampler, load_if_exists=True)
+                 corpus_sha256: str, sampler: optuna.samplers.BaseSampler, trivial_loss: float,
+                 phase: str = "tune", point: dict[str, Any] | None = None) -> optuna.Study:
+    """Create (or load) a study and record what a remote worker needs to join it: the config, baseline,
+    grid, data fingerprint, the loss of the best constant predictor on that data, and the phase
+    (``tune``: the LR grid; ``eval``: held-out seeds at a cell's chosen LR). The objective is named, so
+    that optuna-dashboard shows ``final_val_loss`` (l0 for a diverged trial)."""
+    study = optuna.create_study(study_name=study_name(run_name, baseline, phase, point), storage=storage,
+                                direction="minimize", sampler=sampler, load_if_exists=True)
     if "config" not in study.user_attrs:
+        study.set_metric_names(["final_val_loss"])
         study.set_user_attr("config", cfg.to_dict())
         study.set_user_attr("baseline", baseline)
         study.set_user_attr("space", space)
         study.set_user_attr("corpus_sha256", corpus_sha256)
+        study.set_user_attr("trivial_loss", trivial_loss)
+        study.set_user_attr("phase", phase)
     return study
 
 
@@ -211,14 +224,20 @@ def study_spec(study: optuna.Study) -> tuple[RunConfig, str, Space]:
     return run_config(attrs["config"]), attrs["baseline"], attrs["space"]
 
 
-def load_trials(record: dict[str, Any],
-                storage: optuna.storages.BaseStorage) -> list[tuple[str, optuna.trial.FrozenTrial]]:
-    """Every trial of the run's studies, as (baseline, trial), in the record's baseline order then trial order."""
-    prefix = record["run_name"] + ":"
+def load_trials(record: dict[str, Any], storage: optuna.storages.BaseStorage) -> list[tuple[optuna.Study,
+                                                                                           optuna.trial.FrozenTrial]]:
+    """Every trial of the run's studies with its study: in the record's baseline order, the LR grid of a
+    baseline before its held-out seeds, then trial order."""
     order = {b: i for i, b in enumerate(record.get("baselines", []))}
     studies = run_studies(storage, record["run_name"])
-    studies.sort(key=lambda s: (order.get(s.study_name[len(prefix):], len(order)), s.study_name))
-    return [(s.study_name[len(prefix):], t) for s in studies for t in s.get_trials(deepcopy=False)]
+    studies.sort(key=lambda s: (order.get(s.user_attrs.get("baseline"), len(order)),
+                                s.user_attrs.get("phase", "tune") != "tune", s.study_name))
+    return [(s, t) for s in studies for t in s.get_trials(deepcopy=False)]
+
+
+def study_label(study: optuna.Study, run_name: str) -> str:
+    """A study's name without the run's: ``dyt``, ``dyt:eval``."""
+    return study.study_name.removeprefix(run_name + ":")
 
 
 # ---- the output of `normfree-bench train` -----------------------------------------------------------

@@ -24,7 +24,7 @@ import optuna
 from normfree_bench.training.diagnostics import DIAG_COLUMNS
 from normfree_bench.training.train import CURVE_FIELDS, RunResult
 
-KEY_COLUMNS = ("trial", "baseline", "lr", "seed")  # lead every row of trials.csv, curves.csv, diagnostics.csv
+KEY_COLUMNS = ("trial", "baseline", "phase", "lr", "seed")  # lead every row of trials.csv, curves.csv, ...
 TRIAL_COLUMNS = (*KEY_COLUMNS, "status", "value", "final_val_loss", "best_val_loss", "final_val_perplexity",
                  "final_val_accuracy", "diverged", "diverged_step", "diverged_reason", "spiked", "n_spikes",
                  "max_train_loss", "steps", "tokens", "tokens_per_s", "wall_s", "train_s", "eval_s", "params", "error")
@@ -57,10 +57,12 @@ def diagnostics_rows(trial: optuna.trial.FrozenTrial) -> list[dict[str, Any]]:
     return [dict(zip(DIAG_COLUMNS, values)) for values in trial.user_attrs.get("diagnostics", [])]
 
 
-def trial_row(baseline: str, trial: optuna.trial.FrozenTrial, axes: list[str]) -> dict[str, Any]:
-    """One row of trials.csv: the key, the axes, the state and objective, and the stored metrics."""
+def trial_row(label: str, baseline: str, phase: str, trial: optuna.trial.FrozenTrial,
+              axes: list[str]) -> dict[str, Any]:
+    """One row of trials.csv: the key (``trial`` is ``<study label>-<number>``, unique in the run), the
+    phase (``tune`` or ``eval``), the axes, the state and objective, and the stored metrics."""
     attrs = trial.user_attrs
-    row = {"trial": f"{baseline}-{trial.number}", "baseline": baseline, "lr": trial.params.get("lr"),
+    row = {"trial": f"{label}-{trial.number}", "baseline": baseline, "phase": phase, "lr": trial.params.get("lr"),
            "seed": trial.params.get("seed"), "status": trial.state.name, "value": trial.value,
            **{a: trial.params.get(a) for a in axes},
            **{k: attrs.get(k) for k in TRIAL_COLUMNS if k in attrs}}

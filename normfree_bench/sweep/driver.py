@@ -24,31 +24,37 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import product
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import optuna
 import torch
+from optuna.trial import TrialState
 from tqdm import tqdm
 
 from normfree_bench.config import RunConfig
 from normfree_bench.core.registry import check_hparams_section
-from normfree_bench.data.task import check_fits, data_identity, load_data
+from normfree_bench.data.task import check_fits, data_identity, load_data, trivial_loss
 from normfree_bench.errors import UserError
 from normfree_bench.io import write_json
 from normfree_bench.models.factory import build_model
 from normfree_bench.store.provenance import collect_provenance
-from normfree_bench.store.rundir import create_run_dir, create_study, plan_run_dir, record_resolved
+from normfree_bench.store.rundir import create_run_dir, create_study, plan_run_dir, record_resolved, study_name
 from normfree_bench.store.storage import JOURNAL, check_url, open_storage, redact, resolve_storage
 from normfree_bench.sweep.grid import (
     ResumableGridSampler,
+    Space,
+    axes_for,
     grid_configs,
     grid_size,
     point_of,
     search_space,
     sweep_baselines,
 )
+from normfree_bench.sweep.selection import chosen_cells
 from normfree_bench.sweep.worker import is_done, optimize_study
 from normfree_bench.training.train import resolved_settings
 
@@ -120,17 +126,19 @@ def run_sweep(cfg: RunConfig, run_dir: Path, *, storage_url: str | None = None, 
     storage = open_storage(url) if storage_url else None  # an unreachable or in-memory URL is refused here
     create_run_dir(run_dir, record, archive)
     storage = storage or open_storage(url)
-    spaces = {b: search_space(cfg, b) for b in baselines}
-    studies = {b: create_study(storage, record["run_name"], cfg, b, spaces[b], fingerprint,
-                               ResumableGridSampler(spaces[b])) for b in baselines}
-    total = sum(grid_size(s) for s in spaces.values())
-    done = sum(min(done_points(studies[b]), grid_size(spaces[b])) for b in baselines)
+    trivial = trivial_loss(data)
+    tune = [Phase(create_study(storage, record["run_name"], cfg, b, space, fingerprint, ResumableGridSampler(space),
+                               trivial), b, space) for b in baselines for space in [search_space(cfg, b)]]
+    n_eval = cfg.sweep.eval_seeds * sum(grid_size(axes_for(cfg, b)) for b in baselines)
+    total = sum(grid_size(p.space) for p in tune) + n_eval
+    done = sum(p.done() for p in tune) + sum(p.done() for p in existing_eval_phases(storage, record, cfg, baselines))
     workers = worker_count(workers, total - done, device) if workers > 1 else 1
     if workers > 1:
         resolved["threads"] = max(1, (cfg.train.threads or os.cpu_count() or 1) // workers)
     record = record_resolved(run_dir, record, {**resolved, "workers": workers})
     provenance = collect_provenance(device, fingerprint, source)
     provenance["run_name"] = record["run_name"]
+    provenance["trivial_loss"] = trivial
     if record.get("storage") is None:  # the run directory's own file: no machine path in provenance
         provenance["storage"] = "study.db in the run directory"
     elif record["storage"] == JOURNAL:
@@ -141,19 +149,81 @@ def run_sweep(cfg: RunConfig, run_dir: Path, *, storage_url: str | None = None, 
     bar = tqdm(total=total, initial=done, desc="trials", unit="trial", file=sys.stderr, disable=not progress,
                dynamic_ncols=True)
     t0 = time.perf_counter()
-    try:
+
+    def run_phase(phases: list[Phase]) -> None:
         if workers == 1:
-            for baseline in baselines:
-                optimize_study(studies[baseline], cfg, baseline, spaces[baseline], on_start=bar.set_postfix_str,
+            for p in phases:
+                optimize_study(p.study, cfg, p.baseline, p.space, on_start=bar.set_postfix_str,
                                callbacks=callbacks, on_trial=lambda: bar.update(1))
         else:
+            finished = done - sum(p.done() for p in phases)
             run_workers(url, record["run_name"], workers, device, cfg.train.threads, bar,
-                        lambda: sum(done_points(studies[b]) for b in baselines))
+                        lambda: finished + sum(p.done() for p in phases))
+
+    try:
+        run_phase(tune)
+        if cfg.sweep.eval_seeds:  # held-out seeds at each cell's chosen LR, once the grid is done
+            done = bar.n
+            run_phase(eval_phases(storage, record, cfg, tune, fingerprint, trivial))
     finally:
         bar.close()
     provenance["sweep_wall_s_this_invocation"] = time.perf_counter() - t0
     write_json(run_dir / "provenance.json", provenance)
     return record
+
+
+@dataclass
+class Phase:
+    """One study of the sweep: the LR grid of a baseline, or the held-out seeds of one of its cells."""
+
+    study: optuna.Study
+    baseline: str
+    space: Space
+
+    def done(self) -> int:
+        return min(done_points(self.study), grid_size(self.space))
+
+
+def eval_space(cfg: RunConfig, point: dict[str, Any], lr: float) -> Space:
+    """The held-out grid of a cell: its chosen LR, seeds after the tuning ones, its axis values."""
+    seeds = list(range(cfg.sweep.seeds, cfg.sweep.seeds + cfg.sweep.eval_seeds))
+    return {"lr": [lr], "seed": seeds, **{axis: [value] for axis, value in point.items()}}
+
+
+def eval_phases(storage: optuna.storages.BaseStorage, record: dict[str, Any], cfg: RunConfig, tune: list[Phase],
+                fingerprint: str, trivial: float) -> list[Phase]:
+    """One held-out study per cell of every baseline, at the LR its finished grid chose
+    (normfree_bench.sweep.selection). A cell whose grid has no finished trial gets none."""
+    l0 = cfg.model.initial_loss
+    phases = []
+    for p in tune:
+        axes = [a for a in p.space if a not in ("lr", "seed")]
+        records = [{"baseline": p.baseline, **dict(t.params), "final_val_loss": t.user_attrs["final_val_loss"],
+                    "diverged": t.user_attrs["diverged"]}
+                   for t in p.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+        for (_, cell), lr in chosen_cells(records, axes, l0).items():
+            point = dict(zip(axes, cell))
+            space = eval_space(cfg, point, lr)
+            study = create_study(storage, record["run_name"], cfg, p.baseline, space, fingerprint,
+                                 ResumableGridSampler(space), trivial, phase="eval", point=point)
+            phases.append(Phase(study, p.baseline, space))
+    return phases
+
+
+def existing_eval_phases(storage: optuna.storages.BaseStorage, record: dict[str, Any], cfg: RunConfig,
+                         baselines: list[str]) -> list[Phase]:
+    """The held-out studies a previous invocation already created (for the progress bar of a resume)."""
+    names = {s.study_name for s in optuna.study.get_all_study_summaries(storage, include_best_trial=False)}
+    phases = []
+    for baseline in baselines:
+        axes = axes_for(cfg, baseline)
+        for values in product(*axes.values()):
+            point = dict(zip(axes, values))
+            name = study_name(record["run_name"], baseline, "eval", point)
+            if name in names:
+                study = optuna.load_study(study_name=name, storage=storage)
+                phases.append(Phase(study, baseline, study.user_attrs["space"]))
+    return phases
 
 
 def run_workers(url: str, run_name: str, workers: int, device: str, threads: int, bar: tqdm,

@@ -16,8 +16,17 @@ from typing import Any
 
 import optuna
 
-from normfree_bench.io import atomic_write_text, write_csv, write_json
-from normfree_bench.store.rundir import load_trials, open_run, run_axes, run_l0
+from normfree_bench.data.task import load_data, trivial_loss
+from normfree_bench.io import atomic_write_text, jsonable, write_csv, write_json
+from normfree_bench.store.rundir import (
+    load_trials,
+    open_run,
+    run_axes,
+    run_config,
+    run_l0,
+    run_studies,
+    study_label,
+)
 from normfree_bench.store.trials import (
     KEY_COLUMNS,
     TRIAL_COLUMNS,
@@ -26,7 +35,7 @@ from normfree_bench.store.trials import (
     metric_record,
     trial_row,
 )
-from normfree_bench.tables.leaderboard import REFERENCE, summarize
+from normfree_bench.tables.leaderboard import summarize
 from normfree_bench.tables.plots import plot_all
 from normfree_bench.tables.render import render, table_columns
 from normfree_bench.training.diagnostics import DIAG_COLUMNS
@@ -42,20 +51,26 @@ class RunTables:
     curves: list[dict[str, Any]]  # one row per logged step of a COMPLETE trial (curves.csv)
     records: list[dict[str, Any]]  # the leaderboard computation's input, one per COMPLETE trial
     diagnostics: list[dict[str, Any]]  # diagnostics.csv
+    trivial: float  # the loss of the best constant predictor on the run's data
     rows: list[dict[str, Any]]  # the leaderboard
+    storage: optuna.storages.BaseStorage
 
     @property
     def axes(self) -> list[str]:
         return run_axes(self.record)
 
 
-def collect(record: dict[str, Any],
-            storage: optuna.storages.BaseStorage) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
-    """(trial rows, curve rows, metric records of COMPLETE trials, diagnostics rows) for a run."""
+def collect(record: dict[str, Any], storage: optuna.storages.BaseStorage
+            ) -> tuple[list[dict], list[dict], list[dict], list[dict], float]:
+    """(trial rows, curve rows, metric records of COMPLETE trials, diagnostics rows, trivial loss) for a run."""
     axes = run_axes(record)
     trials, curves, records, diagnostics = [], [], [], []
-    for baseline, trial in load_trials(record, storage):
-        row = trial_row(baseline, trial, axes)
+    trivial = None
+    for study, trial in load_trials(record, storage):
+        trivial = study.user_attrs.get("trivial_loss", trivial)
+        attrs = study.user_attrs
+        row = trial_row(study_label(study, record["run_name"]), attrs["baseline"], attrs.get("phase", "tune"), trial,
+                        axes)
         trials.append(row)
         if trial.state != optuna.trial.TrialState.COMPLETE:
             continue
@@ -63,23 +78,24 @@ def collect(record: dict[str, Any],
         key = {k: row[k] for k in (*KEY_COLUMNS, *axes)}  # leads every curve and diagnostics row
         curves += [{**key, **point} for point in curve_points(trial)]
         diagnostics += [{**key, **values} for values in diagnostics_rows(trial)]
-    return trials, curves, records, diagnostics
+    if trivial is None:  # a run recorded before its studies carried it: measure it on the run's data
+        trivial = trivial_loss(load_data(run_config(record)))
+    return trials, curves, records, diagnostics, trivial
 
 
-def leaderboard_rows(record: dict[str, Any], records: list[dict]) -> list[dict[str, Any]]:
+def leaderboard_rows(record: dict[str, Any], records: list[dict], trivial: float) -> list[dict[str, Any]]:
     if not records:
         return []
-    sweep = record.get("sweep", {})
-    l0 = run_l0(record)
-    return summarize(records, l0, axes=run_axes(record), tol=sweep.get("basin_tol", 0.05),
-                     target=sweep.get("target_loss"), reference=sweep.get("reference", REFERENCE))
+    sweep = run_config(record).sweep
+    return summarize(records, run_l0(record), trivial, axes=run_axes(record), reference=sweep.reference, sweep=sweep)
 
 
 def read_tables(run_dir: Path, storage_url: str | None = None) -> RunTables:
     """A run's tables, computed from its studies; reads only (see `normfree_bench.store.rundir.open_run`)."""
     record, storage = open_run(run_dir, storage_url)
-    trials, curves, records, diagnostics = collect(record, storage)
-    return RunTables(record, trials, curves, records, diagnostics, leaderboard_rows(record, records))
+    trials, curves, records, diagnostics, trivial = collect(record, storage)
+    return RunTables(record, trials, curves, records, diagnostics, trivial,
+                     leaderboard_rows(record, records, trivial), storage)
 
 
 def write_results(run_dir: Path, plots: bool = True, storage_url: str | None = None) -> list[dict[str, Any]]:
@@ -95,17 +111,36 @@ def write_results(run_dir: Path, plots: bool = True, storage_url: str | None = N
     write_csv(run_dir / "leaderboard.csv", t.rows, table_columns(axes))
     atomic_write_text(run_dir / "leaderboard.md", render(t.rows, "github", axes) + "\n")
     record_compute(run_dir, t.trials)
+    mark_chosen(t)
     if plots:
         write_plots(t, run_dir)
     return t.rows
 
 
+def mark_chosen(tables: RunTables) -> None:
+    """Put each cell's chosen LR and verdict on its baseline's study (user attribute ``leaderboard``), so
+    that optuna-dashboard shows the leaderboard's choice, not Optuna's best single trial (seed is a grid
+    parameter there, and the leaderboard chooses by the mean over seeds)."""
+    axes = tables.axes
+    by_baseline: dict[str, dict[str, Any]] = {}
+    for row in tables.rows:
+        cell = ",".join(f"{a}={row[a]}" for a in axes if row.get(a) is not None) or "all"
+        by_baseline.setdefault(row["baseline"], {})[cell] = {
+            "chosen_lr": row["best_lr"], "verdict": row["verdict"], "best_val_loss": row["best_val_loss"],
+            "heldout_loss": row["heldout_loss"]}
+    for study in run_studies(tables.storage, tables.record["run_name"]):
+        if study.user_attrs.get("phase", "tune") == "tune" and study.user_attrs.get("baseline") in by_baseline:
+            study.set_user_attr("leaderboard", jsonable(by_baseline[study.user_attrs["baseline"]]))
+
+
 def write_plots(tables: RunTables, run_dir: Path) -> list[Path]:
-    """Draw the sweep's plots into ``run_dir/plots``; the tables stay as they are."""
-    if not tables.records:
+    """Draw the sweep's plots into ``run_dir/plots``; the tables stay as they are. The LR curves use
+    the grid's trials; the held-out seeds appear as one marker at each chosen LR."""
+    tune = [r for r in tables.records if r.get("phase", "tune") == "tune"]
+    if not tune:
         return []
-    return plot_all(records_with_full_curves(tables.records, tables.trials, tables.curves), tables.rows,
-                    run_l0(tables.record), run_dir / "plots", tables.axes)
+    return plot_all(records_with_full_curves(tune, tables.trials, tables.curves), tables.rows,
+                    run_l0(tables.record), run_dir / "plots", tables.axes, trivial=tables.trivial)
 
 
 def compute_summary(trials: list[dict[str, Any]]) -> dict[str, Any]:

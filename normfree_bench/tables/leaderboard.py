@@ -1,39 +1,48 @@
-"""Usage: ``rows = summarize(records, l0=math.log(256), axes=["alpha_init"])``.
+"""The leaderboard's computation: per-trial records of an LR sweep in, one row per (baseline, axis cell) out.
 
-Turn the per-trial records of a learning-rate sweep into leaderboard rows.
+Usage: ``rows = summarize(records, l0=math.log(256), trivial=3.29, axes=["dyt.alpha_init"])``
 
-The methodology follows Wortsman et al. 2023, "Small-scale proxies for
-large-scale Transformer training instabilities" (arXiv 2309.14322): a trial's
-loss is capped at the initial loss ``l0`` so that a diverged run counts as "no
-progress" rather than as an arbitrarily large number, and LR sensitivity is
-the average excess of the capped loss over the LR grid.  Time-to-target
-(``steps_to_target``) follows the AlgoPerf benchmark.
+Pure functions (numpy and scipy only). A "cell" is one baseline at one combination of extra-axis values;
+its "grid" is the set of LRs tried in it. Each record is one finished (COMPLETE) trial:
 
-Pure functions, numpy + scipy only.
+- ``baseline``, ``lr`` (> 0), ``seed``, ``final_val_loss`` (may be nan/inf), ``diverged`` (required);
+- ``phase``: ``tune`` (the LR grid; default) or ``eval`` (a held-out seed at the cell's chosen LR);
+- ``best_val_loss``, ``spiked``, ``tokens_per_s``, ``params``, ``final_val_accuracy``, and ``curve``,
+  the (step, val_loss) pairs in step order; any extra-axis keys named through ``axes``.
 
-Record format (one ``dict`` per finished trial):
+Definitions (README, "Leaderboard columns", says the same for readers):
 
-- ``baseline: str``, ``lr: float`` (> 0), ``seed: int``
-- ``final_val_loss: float`` (may be nan/inf), ``best_val_loss: float``
-- ``diverged: bool``, ``spiked: bool``
-- ``tokens_per_s: float``, ``params: int``
-- ``curve: list[tuple[int, float]]``: (step, val_loss) pairs in step order
-- any extra-axis keys named by the caller through ``axes``.
-
-``baseline``, ``lr``, ``seed``, ``final_val_loss`` and ``diverged`` are
-required; the others default to ``best_val_loss = final_val_loss``,
-``spiked = False``, ``tokens_per_s = nan``, ``params = None``, ``curve = []``.
-A record that lacks an axis key has the value ``None`` on that axis.
-
-Definitions used throughout (a "cell" is one baseline at one combination of
-the extra-axis values; the "grid" is the set of LRs tried in that cell):
-
-- capped loss of a trial: ``min(final_val_loss, l0)``; a diverged trial or a
-  non-finite ``final_val_loss`` counts as exactly ``l0``.
-- per-LR loss: the mean over seeds of the capped loss at that LR.
-- ``best_lr``: the LR with the smallest per-LR loss; ties go to the smaller LR.
-- ``best_val_accuracy``: for classification runs (records with a finite
-  ``final_val_accuracy``), the mean over seeds at ``best_lr``; ``None`` otherwise.
+- capped loss of a trial, LR curve and ``best_lr``: as the sweep chose them (normfree_bench.sweep.selection:
+  ``min(final_val_loss, l0)``, a diverged or non-finite trial counting as ``l0``; the mean over tuning
+  seeds at each LR; its arg-min, ties to the smaller LR).
+- ``trivial``: the validation loss of the best constant predictor (the training split's unigram or
+  class frequencies), measured on the run's data. A cell is ``trained`` when its best loss is below
+  ``trivial * (1 - trained_margin)``; otherwise ``failed: no learning``, or ``failed: diverged`` when
+  every trial of the cell diverged. A trial is *stalled* when it did not diverge but finished at or
+  above that same threshold.
+- Robustness figures (``lr_sensitivity``, ``lr_basin_decades``, ``max_stable_lr``, ``spiked``) exist
+  for trained cells only: a scheme that never learned is flat, and would otherwise look robust.
+- ``lr_sensitivity`` (Wortsman et al.): the LR curve, linearly interpolated in log10(LR), sampled at
+  the 1-3 points (1·10^k and 3·10^k) of a fixed ``window`` (default 3e-4 ... 3e-1): the mean of the
+  samples minus their minimum. A grid that does not cover the window gives no value, and says so.
+- ``lr_basin_decades``: the width in decades of the LR band around ``best_lr`` whose loss is within
+  ``basin_tol`` of what the cell learned (``best + basin_tol * (trivial - best)``), the band's edges
+  interpolated in log10(LR) between grid points; ``lr_basin_censored`` when it reaches a grid edge.
+- ``max_stable_lr``: the top of the contiguous run of LRs from ``best_lr`` upward at which no seed
+  diverged; ``max_stable_lr_censored`` when that is the top of the grid (so it means "at least").
+- ``best_lr_censored``: ``best_lr`` is an edge of the grid (the optimum may lie beyond it);
+  ``best_lr_edge`` says which (``low`` or ``high``).
+- held-out seeds: trials of phase ``eval`` re-run the chosen LR with fresh seeds (AlgoPerf and the
+  tuning playbook choose on tuning runs and report on fresh ones); ``heldout_loss`` is their mean
+  capped loss and ``p_vs_reference`` a one-sided Welch t-test (H1: this cell's loss is below the
+  reference's) on them, Holm-corrected over every tested cell. The tuning seeds that chose the LR are
+  never used for a p-value (selection bias).
+- ``steps_to_target``: the target is ``target`` if given, else the reference's loss at its chosen LR
+  (held-out seeds when there are any) plus ``target_tol * (trivial - that loss)`` (none when the
+  reference itself did not train); for each seed at
+  the chosen LR, the first step at which its validation curve reaches the target, interpolated
+  linearly between eval points (the curve starts at (0, l0)); the median over seeds (inf unless more
+  than half reach it) and ``target_reached`` = k/N seeds.
 """
 
 from __future__ import annotations
@@ -46,241 +55,222 @@ import numpy as np
 from scipy import stats
 
 from normfree_bench.config import SweepConfig
+from normfree_bench.sweep.selection import best_lr_of, capped_loss, lr_curve
 
-__all__ = [
-    "LEADERBOARD_COLUMNS",
-    "capped_loss",
-    "default_target",
-    "holm",
-    "summarize",
-]
-
-#: Row keys of :func:`summarize` in display order.  The caller's axis names
-#: are not listed (they vary); in every row they come right after
-#: ``baseline``, in the order given by ``axes``.
-LEADERBOARD_COLUMNS: tuple[str, ...] = (
-    "baseline",
-    "best_val_loss",
-    "best_val_loss_std",
-    "best_val_loss_ci95",
-    "best_lr",
-    "best_lr_at_edge",
-    "lr_sensitivity",
-    "diverged",
-    "diverged_count",
-    "n_trials",
-    "max_stable_lr",
-    "spiked",
-    "spiked_count",
-    "lr_basin_decades",
-    "steps_to_target",
-    "tokens_per_s",
-    "params",
-    "p_vs_reference",
-    "seeds",
-    "best_val_accuracy",
-)
+__all__ = ["COLUMN_DOCS", "LEADERBOARD_COLUMNS", "capped_loss", "holm", "summarize", "trials_at_best_lr"]
 
 REFERENCE = SweepConfig.reference  # the default reference scheme, from the config's default
+WINDOW = tuple(SweepConfig().sensitivity_window)
+TRAINED = "trained"
+NO_LEARNING = "failed: no learning"
+DIVERGED = "failed: diverged"
 
-# Relative slack used when comparing means for ties and for the basin
-# tolerance, so that float round-off (e.g. 3.05 - 3.0 > 0.05) does not decide.
-_EPS = 1e-12
+#: Row keys of :func:`summarize`, in order; the caller's axis names follow ``baseline``.
+LEADERBOARD_COLUMNS: tuple[str, ...] = (
+    "baseline", "verdict", "best_val_loss", "best_val_loss_std", "best_val_loss_ci95", "tuning_seeds",
+    "best_lr", "best_lr_censored", "best_lr_edge", "heldout_loss", "heldout_loss_std", "heldout_loss_ci95",
+    "heldout_seeds", "p_vs_reference", "lr_sensitivity", "lr_basin_decades", "lr_basin_censored", "max_stable_lr",
+    "max_stable_lr_censored", "diverged", "diverged_count", "stalled", "stalled_count", "spiked", "spiked_count",
+    "n_trials", "steps_to_target", "target_reached", "target_reached_count", "tokens_per_s", "params",
+    "best_val_accuracy", "heldout_accuracy", "note",
+)
+
+#: What each column means, its unit and when it is empty (the report's legend; the README's table).
+COLUMN_DOCS: dict[str, str] = {
+    "verdict": "trained, 'failed: no learning' (best loss not below the trivial loss by trained_margin) or "
+               "'failed: diverged' (every trial diverged)",
+    "best_val_loss": "nats: mean final validation loss (capped at l0) over the tuning seeds at best_lr; chosen on "
+                     "these seeds, so optimistic",
+    "best_val_loss_std": "nats: sample std over those seeds; empty with one seed",
+    "best_val_loss_ci95": "nats: 95 % t-interval half-width over those seeds; empty with one seed",
+    "tuning_seeds": "the seeds of the LR grid behind best_val_loss",
+    "best_lr": "the LR with the lowest mean capped loss (ties: the smaller); ≤ / ≥ at an edge of the grid",
+    "best_lr_censored": "true when best_lr is an edge of the grid (the optimum may lie beyond it)",
+    "best_lr_edge": "low or high: which edge, when censored",
+    "heldout_loss": "nats: mean capped final loss over fresh seeds re-run at best_lr (sweep.eval_seeds); the "
+                    "figure to quote; empty without held-out seeds",
+    "heldout_loss_std": "nats: sample std over the held-out seeds; empty with fewer than two",
+    "heldout_loss_ci95": "nats: 95 % t-interval half-width over the held-out seeds; empty with fewer than two",
+    "heldout_seeds": "the held-out seeds",
+    "p_vs_reference": "one-sided Welch t-test on the held-out seeds, H1: loss below the reference's; Holm-corrected "
+                      "over the tested cells; empty for the reference, without two held-out seeds on both sides, "
+                      "or when both have zero variance",
+    "lr_sensitivity": "nats: Wortsman's mean excess over the fixed sweep.sensitivity_window (interpolated in "
+                      "log-LR); empty for a failed cell or a grid that does not cover the window",
+    "lr_basin_decades": "decades: width of the LR band within basin_tol of what the cell learned, interpolated in "
+                        "log-LR; ≥ when it reaches an edge of the grid; empty for a failed cell",
+    "lr_basin_censored": "true when the basin reaches an edge of the grid",
+    "max_stable_lr": "the top of the contiguous run of LRs from best_lr up where no seed diverged; ≥ at the top of "
+                     "the grid; empty for a failed cell",
+    "max_stable_lr_censored": "true when max_stable_lr is the top of the grid",
+    "diverged": "k/N tuning trials stopped as diverged (non-finite, or above l0 + margin for the patience window)",
+    "diverged_count": "k of diverged",
+    "stalled": "k/N tuning trials that finished without diverging at or above the trivial-loss threshold",
+    "stalled_count": "k of stalled",
+    "spiked": "k/N tuning trials that rose above l0 + margin and recovered (diverged ones not counted); empty for "
+              "a failed cell",
+    "spiked_count": "k of spiked",
+    "n_trials": "N: the cell's tuning trials",
+    "steps_to_target": "steps: median over the chosen seeds of the first step reaching the target, interpolated "
+                       "between eval points; ∞ unless more than half reach it",
+    "target_reached": "k/N of those seeds that reached the target",
+    "target_reached_count": "k of target_reached",
+    "tokens_per_s": "tokens (LM) or patches (ViT) per second of training steps, evaluation excluded: the median "
+                    "over the cell's tuning trials that did not diverge",
+    "params": "parameter count",
+    "best_val_accuracy": "ViT: mean final validation accuracy over the tuning seeds at best_lr",
+    "heldout_accuracy": "ViT: mean final validation accuracy over the held-out seeds",
+    "note": "why a figure is empty",
+}
 
 _REQUIRED = ("baseline", "lr", "seed", "final_val_loss", "diverged")
-
 Record = dict[str, Any]
 Cell = tuple[Any, ...]
 
 
-# --------------------------------------------------------------------------
-# Per-trial quantities
-# --------------------------------------------------------------------------
-
-
-def capped_loss(rec: Record, l0: float) -> float:
-    """Capped loss of one trial: ``min(final_val_loss, l0)``.
-
-    A trial flagged ``diverged`` or with a non-finite ``final_val_loss``
-    (nan, +inf, -inf) counts as exactly ``l0``.
-    """
-    if bool(rec["diverged"]):
-        return float(l0)
-    loss = float(rec["final_val_loss"])
-    if not math.isfinite(loss):
-        return float(l0)
-    return min(loss, float(l0))
-
-
-def _capped_best(rec: Record, l0: float) -> float:
-    """``min(best_val_loss, l0)`` with a non-finite value counting as ``l0``.
-
-    Unlike :func:`capped_loss` the ``diverged`` flag is ignored: the best
-    validation loss is reached before any divergence.
-    """
-    value = float(rec.get("best_val_loss", rec["final_val_loss"]))
-    if not math.isfinite(value):
-        return float(l0)
-    return min(value, float(l0))
-
-
-def _first_step_at_or_below(curve: Iterable[Sequence[float]], target: float) -> float:
-    """First step of ``curve`` whose val_loss is ``<= target``; ``inf`` if none.
-
-    Non-finite losses in the curve never count as reaching the target.
-    """
+# ---- per-trial quantities -----------------------------------------------------------------------
+def steps_to_reach(curve: Iterable[Sequence[float]], target: float, l0: float) -> float:
+    """First step at which the validation curve reaches ``target``, interpolated linearly between eval
+    points (the curve starts at (0, l0)); ``inf`` if it never does. Non-finite points never count."""
+    prev_step, prev_loss = 0.0, float(l0)
     for step, loss in curve:
-        loss = float(loss)
-        if math.isfinite(loss) and loss <= target:
-            return float(step)
+        step, loss = float(step), float(loss)
+        if not math.isfinite(loss):
+            prev_step, prev_loss = step, math.inf
+            continue
+        if loss <= target:
+            if not math.isfinite(prev_loss) or prev_loss <= target:
+                return step
+            return prev_step + (step - prev_step) * (prev_loss - target) / (prev_loss - loss)
+        prev_step, prev_loss = step, loss
     return math.inf
 
 
-# --------------------------------------------------------------------------
-# Statistics helpers
-# --------------------------------------------------------------------------
-
-
+# ---- statistics ----------------------------------------------------------------------------------
 def holm(pvalues: Sequence[float]) -> list[float]:
-    """Holm-Bonferroni step-down adjustment of a family of p-values.
-
-    Sorting ascending as ``p_(1) <= ... <= p_(m)``, the adjusted value of
-    ``p_(i)`` is ``max_{j <= i} min(1, (m - j + 1) * p_(j))``, which makes
-    the adjusted values monotone in the raw ones and caps them at 1.  Values
-    are returned in the input order.  Example: ``[0.01, 0.04, 0.03]`` ->
-    ``[0.03, 0.06, 0.06]`` (0.01*3 = 0.03; 0.03*2 = 0.06; max(0.06, 0.04*1)).
-
-    Raises ``ValueError`` if a value is not a finite number in [0, 1].
-    """
+    """Holm-Bonferroni step-down adjustment, in the input order: sorted ascending, p_(i) becomes
+    ``max_{j <= i} min(1, (m - j + 1) p_(j))``. ``[0.01, 0.04, 0.03]`` -> ``[0.03, 0.06, 0.06]``."""
     ps = [float(p) for p in pvalues]
     for p in ps:
         if not (math.isfinite(p) and 0.0 <= p <= 1.0):
             raise ValueError(f"holm: p-values must be finite and in [0, 1], got {p!r}")
-    m = len(ps)
-    order = sorted(range(m), key=lambda i: ps[i])
-    adjusted = [0.0] * m
-    running = 0.0
+    order = sorted(range(len(ps)), key=lambda i: ps[i])
+    adjusted, running = [0.0] * len(ps), 0.0
     for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * ps[i]))
+        running = max(running, min(1.0, (len(ps) - rank) * ps[i]))
         adjusted[i] = running
     return adjusted
 
 
-def _welch_p(a: Sequence[float], b: Sequence[float]) -> float:
-    """Two-sided Welch t-test p-value of samples ``a`` and ``b``.
-
-    If both samples have zero variance the t statistic is undefined; then
-    p = 1.0 when the means are equal and 0.0 otherwise.
-    """
-    xa = np.asarray(a, dtype=float)
-    xb = np.asarray(b, dtype=float)
-    if np.ptp(xa) == 0.0 and np.ptp(xb) == 0.0:
-        return 1.0 if xa[0] == xb[0] else 0.0
-    res = stats.ttest_ind(xa, xb, equal_var=False)
-    return float(res.pvalue)
-
-
-# --------------------------------------------------------------------------
-# LR-grid helpers
-# --------------------------------------------------------------------------
-
-
-def _by_lr(records: Sequence[Record]) -> dict[float, list[Record]]:
-    """Group records by LR, keys in ascending LR order."""
-    groups: dict[float, list[Record]] = {}
-    for rec in sorted(records, key=lambda r: float(r["lr"])):
-        groups.setdefault(float(rec["lr"]), []).append(rec)
-    return groups
-
-
-def _lr_means(groups: dict[float, list[Record]], l0: float) -> dict[float, float]:
-    """Per-LR mean over seeds of the capped loss."""
-    return {lr: float(np.mean([capped_loss(r, l0) for r in recs])) for lr, recs in groups.items()}
-
-
-def _is_below(a: float, b: float) -> bool:
-    """``a < b`` beyond float round-off."""
-    return a < b - _EPS * max(1.0, abs(b))
-
-
-def _best_lr(means: dict[float, float]) -> float:
-    """LR with the smallest mean capped loss; ties go to the smaller LR."""
-    best: float | None = None
-    for lr in sorted(means):
-        if best is None or _is_below(means[lr], means[best]):
-            best = lr
-    assert best is not None
-    return best
-
-
-def _basin_decades(means: dict[float, float], best_lr: float, tol: float) -> float:
-    """Width in decades of the contiguous band of LRs within ``tol`` of the best.
-
-    Starting at ``best_lr`` and walking outward along the sorted grid in each
-    direction, an LR joins the band while its mean capped loss is
-    ``<= best + tol`` (inclusive, up to float round-off); the walk stops at the
-    first LR outside.  A single-point band has width 0.0.
-    """
-    grid = sorted(means)
-    best = means[best_lr]
-    limit = best + tol + _EPS * max(1.0, abs(best))
-    i = grid.index(best_lr)
-    lo = hi = i
-    while lo > 0 and means[grid[lo - 1]] <= limit:
-        lo -= 1
-    while hi < len(grid) - 1 and means[grid[hi + 1]] <= limit:
-        hi += 1
-    return float(math.log10(grid[hi]) - math.log10(grid[lo]))
-
-
-def default_target(records: Sequence[Record], l0: float, reference: str = REFERENCE) -> float | None:
-    """Default loss target for ``steps_to_target``.
-
-    The median over seeds of the reference baseline's per-trial
-    ``best_val_loss`` (capped at ``l0``; non-finite counts as ``l0``) at the
-    reference's ``best_lr`` (chosen by mean capped final loss, as in
-    :func:`summarize`).  Returns ``None`` if no record has
-    ``baseline == reference``.
-
-    ``records`` should hold a single axis cell; :func:`summarize` calls this
-    once per cell.
-    """
-    ref = [r for r in records if r["baseline"] == reference]
-    if not ref:
+def welch_less(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """One-sided Welch t-test p-value of H1: mean(a) < mean(b). None with fewer than 2 values in either
+    sample, or when both have zero variance (the statistic is undefined, not 0 or 1)."""
+    xa, xb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(xa) < 2 or len(xb) < 2 or (np.ptp(xa) == 0.0 and np.ptp(xb) == 0.0):
         return None
-    groups = _by_lr(ref)
-    best_lr = _best_lr(_lr_means(groups, l0))
-    return float(np.median([_capped_best(r, l0) for r in groups[best_lr]]))
+    return float(stats.ttest_ind(xa, xb, equal_var=False, alternative="less").pvalue)
 
 
-# --------------------------------------------------------------------------
-# Summaries
-# --------------------------------------------------------------------------
+def mean_std_ci(values: Sequence[float]) -> tuple[float, float, float | None]:
+    """Mean, sample std (nan for one value) and the 95 % t-interval half-width (None for one value)."""
+    n = len(values)
+    mean = float(np.mean(values))
+    if n < 2:
+        return mean, math.nan, None
+    std = float(np.std(values, ddof=1))
+    return mean, std, float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
 
 
+# ---- the LR curve ----------------------------------------------------------------------------------
+def interpolate(curve: dict[float, float], lr: float) -> float:
+    """The curve at ``lr``, linear in log10(LR) between grid points (``lr`` inside the grid)."""
+    lrs = list(curve)
+    x = math.log10(lr)
+    for lo, hi in zip(lrs, lrs[1:]):
+        if lo <= lr * (1 + 1e-9) and lr <= hi * (1 + 1e-9):
+            a, b = math.log10(lo), math.log10(hi)
+            t = 0.0 if b == a else min(1.0, max(0.0, (x - a) / (b - a)))
+            return curve[lo] + t * (curve[hi] - curve[lo])
+    return curve[lrs[0]]  # a one-point grid
+
+
+def window_points(lo: float, hi: float) -> list[float]:
+    """The 1-3 points (1·10^k, 3·10^k) in [lo, hi]: 3e-4, 1e-3, ..., 3e-1 for the default window."""
+    points = []
+    for k in range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1):
+        for m in (1.0, 3.0):
+            p = float(f"{m * 10.0 ** k:.6g}")
+            if lo * (1 - 1e-9) <= p <= hi * (1 + 1e-9):
+                points.append(p)
+    return points
+
+
+def lr_sensitivity(curve: dict[float, float], window: Sequence[float]) -> tuple[float | None, str | None]:
+    """(sensitivity, note): Wortsman's mean excess over the fixed window, or None with the reason."""
+    lo, hi = float(window[0]), float(window[1])
+    lrs = list(curve)
+    if lrs[0] > lo * (1 + 1e-9) or lrs[-1] < hi * (1 - 1e-9):
+        return None, (f"the grid ({_lr(lrs[0])} .. {_lr(lrs[-1])}) does not cover the sensitivity window "
+                      f"{_lr(lo)} .. {_lr(hi)}")
+    samples = [interpolate(curve, p) for p in window_points(lo, hi)]
+    return float(np.mean(samples) - min(samples)), None
+
+
+def lr_basin(curve: dict[float, float], best_lr: float, limit: float) -> tuple[float, bool]:
+    """(width in decades, censored) of the band around ``best_lr`` whose loss is <= ``limit``; each edge
+    is where the curve crosses ``limit``, linear in log10(LR); censored when the band reaches a grid edge."""
+    lrs = list(curve)
+    i = lrs.index(best_lr)
+    ends, censored = [], False
+    for step in (-1, 1):
+        j = i
+        while 0 <= j + step < len(lrs) and curve[lrs[j + step]] <= limit:
+            j += step
+        if not 0 <= j + step < len(lrs):  # the band reaches the grid's edge: at least this wide
+            ends.append(math.log10(lrs[j]))
+            censored = True
+            continue
+        inside, outside = lrs[j], lrs[j + step]
+        a, b = math.log10(inside), math.log10(outside)
+        t = (limit - curve[inside]) / (curve[outside] - curve[inside])
+        ends.append(a + t * (b - a))
+    return float(ends[1] - ends[0]), censored
+
+
+def max_stable_lr(groups: dict[float, list[Record]], best_lr: float) -> tuple[float | None, bool]:
+    """(LR, censored): the top of the contiguous run of LRs from ``best_lr`` upward where no seed
+    diverged; censored when it is the top of the grid. None when ``best_lr`` itself diverged."""
+    lrs = sorted(groups)
+    top = None
+    for lr in lrs[lrs.index(best_lr):]:
+        if any(bool(r["diverged"]) for r in groups[lr]):
+            break
+        top = lr
+    return top, top is not None and top == lrs[-1]
+
+
+def seed_label(seeds: Iterable[Any]) -> str:
+    """``0``, ``0-2`` or ``0, 2, 5``: the seeds behind a figure."""
+    values = sorted({int(s) for s in seeds})
+    if not values:
+        return ""
+    if len(values) > 1 and values == list(range(values[0], values[-1] + 1)):
+        return f"{values[0]}-{values[-1]}"
+    return ", ".join(map(str, values))
+
+
+def _lr(value: float) -> str:
+    return f"{value:.3g}"
+
+
+# ---- summaries ----------------------------------------------------------------------------------
 def trials_at_best_lr(rows: Sequence[dict[str, Any]], trials: Sequence[Record],
                       axes: Sequence[str]) -> list[list[Record]]:
-    """For each leaderboard row, the COMPLETE trials of its cell (baseline and axis values) at its
-    ``best_lr``: the one definition of "the best cell" that the plots, ``analyze`` and the report use."""
-    out = []
-    for row in rows:
-        out.append([t for t in trials if t.get("status", "COMPLETE") == "COMPLETE"
-                    and t["baseline"] == row["baseline"] and float(t["lr"]) == float(row["best_lr"])
-                    and all(t.get(a) == row.get(a) for a in axes)])
-    return out
-
-
-def _axis_sort_key(cell: Cell) -> tuple[tuple[int, Any], ...]:
-    """Sort key for axis values: numbers (numerically), then strings, then None."""
-    key: list[tuple[int, Any]] = []
-    for v in cell:
-        if v is None:
-            key.append((2, ""))
-        elif isinstance(v, (int, float, np.integer, np.floating)):
-            key.append((0, float(v)))
-        else:
-            key.append((1, str(v)))
-    return tuple(key)
+    """For each leaderboard row, the COMPLETE tuning trials of its cell at its ``best_lr``: the one
+    definition of "the best cell" that the plots, ``analyze`` and the report use."""
+    return [[t for t in trials if t.get("status", "COMPLETE") == "COMPLETE" and t.get("phase", "tune") == "tune"
+             and t["baseline"] == row["baseline"] and float(t["lr"]) == float(row["best_lr"])
+             and all(t.get(a) == row.get(a) for a in axes)] for row in rows]
 
 
 def _validate(records: Sequence[Record], axes: Sequence[str]) -> None:
@@ -294,181 +284,124 @@ def _validate(records: Sequence[Record], axes: Sequence[str]) -> None:
         lr = float(rec["lr"])
         if not (math.isfinite(lr) and lr > 0.0):
             raise ValueError(f"summarize: record #{n} has non-positive or non-finite lr {lr!r}")
-        key = (rec["baseline"], *(rec.get(a) for a in axes), lr, rec["seed"])
+        key = (rec["baseline"], rec.get("phase", "tune"), *(rec.get(a) for a in axes), lr, rec["seed"])
         if key in seen:
-            raise ValueError(f"summarize: duplicate trial (baseline, *axes, lr, seed) = {key!r} at record #{n}")
+            raise ValueError(f"summarize: duplicate trial (baseline, phase, *axes, lr, seed) = {key!r} at record #{n}")
         seen.add(key)
 
 
-def _cell_row(
-    baseline: str,
-    axes: Sequence[str],
-    cell: Cell,
-    recs: Sequence[Record],
-    l0: float,
-    tol: float,
-    target: float | None,
-) -> tuple[dict[str, Any], list[float]]:
-    """Row for one cell (without ``p_vs_reference``) and its capped losses at best_lr."""
-    groups = _by_lr(recs)
-    means = _lr_means(groups, l0)
-    grid = sorted(means)
-    best_lr = _best_lr(means)
-    at_best = groups[best_lr]
-    losses = [capped_loss(r, l0) for r in at_best]
-    n = len(losses)
+def _axis_sort_key(cell: Cell) -> tuple[tuple[int, Any], ...]:
+    """Numbers (numerically), then strings, then None."""
+    return tuple((2, "") if v is None else (0, float(v)) if isinstance(v, (int, float, np.number))
+                 and not isinstance(v, bool) else (1, str(v)) for v in cell)
 
-    mean = float(np.mean(losses))
-    std = float(np.std(losses, ddof=1)) if n > 1 else math.nan
-    ci95 = float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)) if n >= 3 else None
 
-    div_count = sum(bool(r["diverged"]) for r in recs)
-    spk_count = sum(bool(r.get("spiked", False)) for r in recs)
-    stable = [lr for lr, rs in groups.items() if not any(bool(r["diverged"]) for r in rs)]
-
-    if target is None:
-        steps: float | None = None
+def _cell_row(baseline: str, axes: Sequence[str], cell: Cell, tune: Sequence[Record], heldout: Sequence[Record],
+              l0: float, trivial: float, s: SweepConfig) -> dict[str, Any]:
+    """One row, without ``p_vs_reference`` and the time to target (they need the other rows)."""
+    groups: dict[float, list[Record]] = {}
+    for rec in tune:
+        groups.setdefault(float(rec["lr"]), []).append(rec)
+    curve = lr_curve(tune, l0)
+    best = best_lr_of(curve)
+    at_best = groups[best]
+    mean, std, ci = mean_std_ci([capped_loss(r, l0) for r in at_best])
+    stall_at = trivial * (1 - s.trained_margin)
+    n_div = sum(bool(r["diverged"]) for r in tune)
+    stalled = sum(not r["diverged"] and capped_loss(r, l0) >= stall_at for r in tune)
+    spiked = sum(not r["diverged"] and bool(r.get("spiked")) for r in tune)
+    verdict = DIVERGED if n_div == len(tune) else NO_LEARNING if mean >= stall_at else TRAINED
+    row: dict[str, Any] = {"baseline": baseline, **dict(zip(axes, cell, strict=True)), "verdict": verdict,
+                           "best_val_loss": mean, "best_val_loss_std": std, "best_val_loss_ci95": ci,
+                           "tuning_seeds": seed_label(r["seed"] for r in at_best), "best_lr": best,
+                           "best_lr_censored": len(curve) > 1 and best in (min(curve), max(curve)),
+                           "best_lr_edge": None if len(curve) < 2 else "low" if best == min(curve)
+                           else "high" if best == max(curve) else None,
+                           "diverged": f"{n_div}/{len(tune)}", "diverged_count": n_div,
+                           "stalled": f"{stalled}/{len(tune)}", "stalled_count": stalled, "n_trials": len(tune)}
+    held = [capped_loss(r, l0) for r in heldout]
+    h_mean, h_std, h_ci = mean_std_ci(held) if held else (None, None, None)
+    row.update(heldout_loss=h_mean, heldout_loss_std=h_std, heldout_loss_ci95=h_ci,
+               heldout_seeds=seed_label(r["seed"] for r in heldout) or None, p_vs_reference=None)
+    if verdict == TRAINED:
+        sensitivity, note = lr_sensitivity(curve, s.sensitivity_window)
+        width, basin_censored = lr_basin(curve, best, mean + s.basin_tol * (trivial - mean))
+        stable, stable_censored = max_stable_lr(groups, best)
+        row.update(lr_sensitivity=sensitivity, lr_basin_decades=width, lr_basin_censored=basin_censored,
+                   max_stable_lr=stable, max_stable_lr_censored=stable_censored,
+                   spiked=f"{spiked}/{len(tune)}", spiked_count=spiked, note=note)
     else:
-        steps = float(np.median([_first_step_at_or_below(r.get("curve") or [], target) for r in at_best]))
+        row.update(lr_sensitivity=None, lr_basin_decades=None, lr_basin_censored=None, max_stable_lr=None,
+                   max_stable_lr_censored=None, spiked=None, spiked_count=None,
+                   note=f"{verdict}: robustness figures are left out (a scheme that never learned is flat)")
+    ok = [r for r in tune if not r["diverged"]]
+    tps = [float(r["tokens_per_s"]) for r in ok if r.get("tokens_per_s") is not None
+           and math.isfinite(float(r["tokens_per_s"]))]
+    params = [int(r["params"]) for r in tune if r.get("params") is not None]
 
-    ok = [r for r in recs if not bool(r["diverged"])] or list(recs)
-    tps = [float(r.get("tokens_per_s", math.nan)) for r in ok]
-    tps = [t for t in tps if math.isfinite(t)]
-    params = [int(r["params"]) for r in recs if r.get("params") is not None]
-    accuracies = [float(r["final_val_accuracy"]) for r in at_best if r.get("final_val_accuracy") is not None
+    def accuracy(recs: Sequence[Record]) -> float | None:
+        values = [float(r["final_val_accuracy"]) for r in recs if r.get("final_val_accuracy") is not None
                   and math.isfinite(float(r["final_val_accuracy"]))]
+        return float(np.mean(values)) if values else None
 
-    row: dict[str, Any] = {"baseline": baseline}
-    row.update(zip(axes, cell, strict=True))
-    row.update(
-        best_val_loss=mean,
-        best_val_loss_std=std,
-        best_val_loss_ci95=ci95,
-        best_lr=best_lr,
-        best_lr_at_edge=best_lr in (grid[0], grid[-1]),
-        lr_sensitivity=float(np.mean(list(means.values())) - means[best_lr]),
-        diverged=f"{div_count}/{len(recs)}",
-        diverged_count=div_count,
-        n_trials=len(recs),
-        max_stable_lr=max(stable) if stable else None,
-        spiked=f"{spk_count}/{len(recs)}",
-        spiked_count=spk_count,
-        lr_basin_decades=_basin_decades(means, best_lr, tol),
-        steps_to_target=steps,
-        tokens_per_s=float(np.median(tps)) if tps else math.nan,
-        params=max(params) if params else None,
-        p_vs_reference=None,
-        seeds=n,
-        best_val_accuracy=float(np.mean(accuracies)) if accuracies else None,
-    )
-    return row, losses
+    row.update(tokens_per_s=float(np.median(tps)) if tps else None, params=max(params) if params else None,
+               best_val_accuracy=accuracy(at_best), heldout_accuracy=accuracy(heldout))
+    return row
 
 
-def summarize(
-    records: Sequence[Record],
-    l0: float,
-    *,
-    axes: Sequence[str] = (),
-    tol: float = 0.05,
-    target: float | None = None,
-    reference: str = REFERENCE,
-) -> list[dict[str, Any]]:
-    """Leaderboard rows, one per (baseline, *axis values) cell.
+def summarize(records: Sequence[Record], l0: float, trivial: float, *, axes: Sequence[str] = (),
+              reference: str = REFERENCE, sweep: SweepConfig | None = None) -> list[dict[str, Any]]:
+    """Leaderboard rows, one per (baseline, *axis values) cell: the reference first, then the other
+    baselines in order of first appearance, each baseline's cells by axis value (numbers ascending, then
+    strings, then None). ``sweep`` holds the settings (``trained_margin``, ``sensitivity_window``,
+    ``basin_tol``, ``target_loss``, ``target_tol``; defaults when None).
 
-    Row order: the ``reference`` baseline first, then the other baselines in
-    order of first appearance in ``records``; within a baseline, cells sorted
-    by axis values (numbers ascending, then strings, then ``None``).  Keys are
-    ``baseline``, the names in ``axes``, then the rest of
-    :data:`LEADERBOARD_COLUMNS`:
-
-    - ``best_lr``: LR with the smallest mean capped loss (ties -> smaller LR).
-    - ``best_val_loss``: mean over seeds of the capped loss at ``best_lr``.
-    - ``best_val_loss_std``: sample std (ddof=1) of those; ``nan`` with one seed.
-    - ``best_val_loss_ci95``: with >= 3 seeds, the 95% t-interval half-width
-      ``t.ppf(0.975, n-1) * std / sqrt(n)``; otherwise ``None``.
-    - ``best_lr_at_edge``: ``best_lr`` is the smallest or largest LR of the
-      cell's grid (so the grid may be too narrow; always True for a one-LR grid).
-    - ``lr_sensitivity``: mean over the grid of the per-LR mean capped loss
-      minus the best one; 0.0 when every LR gives the same loss, in particular
-      when every trial diverged (every point is ``l0``).
-    - ``diverged`` / ``spiked``: ``"k/N"`` over all trials of the cell, with
-      ``diverged_count`` / ``spiked_count`` = k and ``n_trials`` = N.
-    - ``max_stable_lr``: largest LR at which no seed diverged; ``None`` if
-      every LR has a divergence.
-    - ``lr_basin_decades``: ``log10(max) - log10(min)`` of the contiguous band
-      of grid LRs around ``best_lr`` whose mean capped loss is ``<= best + tol``
-      (walk outward, stop at the first LR outside); 0.0 for a single point.
-    - ``steps_to_target``: for each seed at ``best_lr`` the first curve step
-      with val_loss ``<= target`` (a miss is ``inf``), then the median over
-      seeds (so it may be ``inf``).  With ``target=None`` the target is
-      :func:`default_target` of the reference in the same cell; ``None`` if
-      the reference has no trials there.
-    - ``tokens_per_s``: median over the cell's non-diverged trials (all trials
-      if all diverged; non-finite values ignored; ``nan`` if none is left).
-    - ``params``: max over trials of ``params`` (``None`` if absent).
-    - ``p_vs_reference``: Welch two-sided t-test (``scipy.stats.ttest_ind``,
-      ``equal_var=False``) of the capped losses at this cell's ``best_lr``
-      against those of the reference at its own ``best_lr`` in the same cell,
-      when both have >= 3 seeds there (otherwise ``None``; the reference's own
-      rows get ``None``).  If both samples have zero variance, p = 1.0 when the
-      means are equal, else 0.0.  All p-values of the call (every baseline and
-      every cell) are then Holm-corrected together as one family.
-    - ``seeds``: number of trials (seeds) at ``best_lr`` behind the mean.
-
-    Reference records for a cell are those with the same axis values; a
-    reference record lacking an axis key (value ``None``) matches every value
-    of that axis, so e.g. ``layernorm`` without ``alpha_init`` is the reference
-    for every ``alpha_init`` cell of another baseline.
-
-    Raises ``ValueError`` on empty records, a missing required key, a
-    non-positive LR, or a duplicated (baseline, *axes, lr, seed) trial.
-    """
+    A reference record lacking an axis key (value None) is the reference of every value of that axis,
+    so ``layernorm`` without ``alpha_init`` is compared with every ``dyt.alpha_init`` cell. Raises
+    ``ValueError`` on no records, a missing required key, a non-positive LR or a duplicated trial."""
+    s = sweep or SweepConfig()
     axes = list(axes)
     _validate(records, axes)
-
-    order: list[str] = []
-    cells: dict[tuple[str, Cell], list[Record]] = {}
-    for rec in records:
-        name = rec["baseline"]
-        if name not in order:
-            order.append(name)
-        cell = tuple(rec.get(a) for a in axes)
-        cells.setdefault((name, cell), []).append(rec)
+    order = list(dict.fromkeys(r["baseline"] for r in records))
     if reference in order:
         order.remove(reference)
         order.insert(0, reference)
-    rank = {name: i for i, name in enumerate(order)}
-    keys = sorted(cells, key=lambda k: (rank[k[0]], _axis_sort_key(k[1])))
+    tune: dict[tuple[str, Cell], list[Record]] = {}
+    held: dict[tuple[str, Cell], list[Record]] = {}
+    for rec in records:
+        key = (rec["baseline"], tuple(rec.get(a) for a in axes))
+        (held if rec.get("phase", "tune") == "eval" else tune).setdefault(key, []).append(rec)
+    keys = sorted(tune, key=lambda k: (order.index(k[0]), _axis_sort_key(k[1])))
+    rows = {k: _cell_row(k[0], axes, k[1], tune[k], held.get(k, []), l0, trivial, s) for k in keys}
 
-    ref_records = [r for r in records if r["baseline"] == reference]
+    def reference_of(cell: Cell) -> tuple[str, Cell] | None:
+        return next((k for k in keys if k[0] == reference
+                     and all(r is None or r == v for r, v in zip(k[1], cell, strict=True))), None)
 
-    def ref_for(cell: Cell) -> list[Record]:
-        return [
-            r for r in ref_records if all(r.get(a) is None or r.get(a) == v for a, v in zip(axes, cell, strict=True))
-        ]
-
-    rows: list[dict[str, Any]] = []
-    pending: list[tuple[int, Cell, list[float]]] = []
-    ref_losses: dict[Cell, list[float]] = {}
-    for name, cell in keys:
-        ref_recs = ref_for(cell)
-        cell_target = target if target is not None else default_target(ref_recs, l0, reference)
-        row, losses = _cell_row(name, axes, cell, cells[(name, cell)], l0, tol, cell_target)
-        rows.append(row)
-        if name != reference:
-            pending.append((len(rows) - 1, cell, losses))
-            if cell not in ref_losses and ref_recs:
-                groups = _by_lr(ref_recs)
-                best = _best_lr(_lr_means(groups, l0))
-                ref_losses[cell] = [capped_loss(r, l0) for r in groups[best]]
-
-    tested: list[int] = []
-    raw: list[float] = []
-    for idx, cell, losses in pending:
-        ref = ref_losses.get(cell)
-        if ref is not None and len(ref) >= 3 and len(losses) >= 3:
-            tested.append(idx)
-            raw.append(_welch_p(losses, ref))
-    for idx, p in zip(tested, holm(raw), strict=True):
-        rows[idx]["p_vs_reference"] = p
-    return rows
+    tested: list[tuple[tuple[str, Cell], float]] = []
+    for key in keys:
+        ref = reference_of(key[1])
+        row, ref_row = rows[key], rows[ref] if ref else None
+        chosen = held.get(key) or [r for r in tune[key] if float(r["lr"]) == row["best_lr"]]
+        if s.target_loss is not None:
+            target = s.target_loss
+        elif ref_row is not None and ref_row["verdict"] == TRAINED:
+            ref_loss = ref_row["heldout_loss"] if ref_row["heldout_loss"] is not None else ref_row["best_val_loss"]
+            target = ref_loss + s.target_tol * (trivial - ref_loss)
+        else:
+            target = None
+        if target is None:
+            row.update(steps_to_target=None, target_reached=None, target_reached_count=None)
+        else:
+            steps = [steps_to_reach(r.get("curve") or [], target, l0) for r in chosen]
+            reached = sum(math.isfinite(x) for x in steps)
+            row.update(steps_to_target=float(np.median(steps)), target_reached=f"{reached}/{len(steps)}",
+                       target_reached_count=reached)
+        if ref is not None and key[0] != reference:
+            p = welch_less([capped_loss(r, l0) for r in held.get(key, [])],
+                           [capped_loss(r, l0) for r in held.get(ref, [])])
+            if p is not None:
+                tested.append((key, p))
+    for (key, _), p in zip(tested, holm([p for _, p in tested]), strict=True):
+        rows[key]["p_vs_reference"] = p
+    return [{c: rows[k].get(c) for c in ("baseline", *axes, *LEADERBOARD_COLUMNS[1:])} for k in keys]

@@ -46,7 +46,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
-from normfree_bench.tables.leaderboard import capped_loss  # noqa: E402
+from normfree_bench.sweep.selection import capped_loss  # noqa: E402
 from normfree_bench.tables.render import fmt_lr  # noqa: E402
 
 __all__ = [
@@ -211,8 +211,12 @@ def _y_limits(values: Iterable[float], top: float) -> tuple[float, float]:
 # --------------------------------------------------------------------------
 
 
-def _plot_loss_vs_lr(records: Sequence[Record], l0: float, axes: Sequence[str], out_dir: Path) -> Path:
+def _plot_loss_vs_lr(records: Sequence[Record], l0: float, axes: Sequence[str], out_dir: Path,
+                     rows: Sequence[Record] = (), trivial: float | None = None) -> Path:
     order = _baseline_order(records)
+    verdicts = {(str(r["baseline"]), tuple(r.get(a) for a in axes)): r.get("verdict", "trained") for r in rows}
+    heldout = {(str(r["baseline"]), tuple(r.get(a) for a in axes)): (r["best_lr"], r["heldout_loss"]) for r in rows
+               if r.get("heldout_loss") is not None}
     colors = baseline_colors(order)
     first = axes[0] if axes else None
     values = sorted({r.get(first) for r in records if r.get(first) is not None}, key=_sort_key) if first else []
@@ -243,18 +247,25 @@ def _plot_loss_vs_lr(records: Sequence[Record], l0: float, axes: Sequence[str], 
                 lrs = sorted(by_lr)
                 means = [capped_mean(by_lr[lr], l0) for lr in lrs]
                 suffix = _cell_label(rest, cell)
-                label = f"{name} ({suffix})" if suffix else name
+                full = (name, tuple(line_recs[0].get(a) for a in axes))  # the line's whole cell
+                verdict = verdicts.get(full, "trained")
+                failed = verdict != "trained"
+                label = (f"{name} ({suffix})" if suffix else name) + (f" ({verdict})" if failed else "")
                 ax.plot(
                     lrs,
                     means,
-                    style,
+                    "--" if failed else style,
                     marker="o",
                     ms=5,
                     lw=1.8,
-                    color=colors[name],
+                    color=FAILED_COLOR if failed else colors[name],
                     label=label if (name, cell) not in labelled else "_nolegend_",
                     zorder=3,
                 )
+                point = heldout.get(full)
+                if point is not None:
+                    ax.scatter([point[0]], [point[1]], marker="D", s=40, facecolors="none",
+                               edgecolors=FAILED_COLOR if failed else colors[name], linewidths=1.6, zorder=5)
                 labelled.add((name, cell))
                 ok = [r for r in line_recs if not is_diverged(r)]
                 if ok:
@@ -271,6 +282,8 @@ def _plot_loss_vs_lr(records: Sequence[Record], l0: float, axes: Sequence[str], 
                 if bad:
                     ax.scatter(bad, [l0] * len(bad), marker="x", s=55, color=_DIVERGED_COLOR, linewidths=1.8, zorder=4)
             ax.axhline(l0, ls="--", lw=1.0, color="0.4", zorder=1)
+            if trivial is not None:
+                ax.axhline(trivial, ls=":", lw=1.2, color="0.3", zorder=1)
             ax.set_xscale("log")
             ax.grid(True, which="major", alpha=0.3)
             if first is not None and value is not None:
@@ -301,6 +314,12 @@ def _plot_loss_vs_lr(records: Sequence[Record], l0: float, axes: Sequence[str], 
             Line2D([], [], ls="--", lw=1.0, color="0.4"),
         ]
         labels += ["individual seeds", "diverged (at l0)", f"l0 (diverged) = {l0:.3g}"]
+        if heldout:
+            handles.append(Line2D([], [], ls="", marker="D", ms=6, mfc="none", mec="0.3", mew=1.6))
+            labels.append("held-out seeds at the chosen LR")
+        if trivial is not None:
+            handles.append(Line2D([], [], ls=":", lw=1.2, color="0.3"))
+            labels.append(f"trivial (constant predictor) = {trivial:.3g}")
         fig.legend(handles, labels, loc="outside right upper", fontsize=9, frameon=False)
         fig.suptitle("Final validation loss vs learning rate")
         return save_figure(fig, out_dir / "loss_vs_lr.png")
@@ -462,42 +481,53 @@ def _plot_heatmap(records: Sequence[Record], l0: float, axes: Sequence[str], axi
         plt.close(fig)
 
 
+FAILED_COLOR = "0.75"  # failed cells and their empty figures
+
+
 def _plot_sensitivity(rows: Sequence[Record], axes: Sequence[str], order: Sequence[str], out_dir: Path) -> Path | None:
-    items: list[tuple[str, str, float]] = []  # (baseline, label, value)
+    """Bars for the trained cells with a sensitivity, least sensitive on top; a failed cell, or one whose
+    grid misses the window, is a grey stub labelled with why it has no figure, below the ranked bars."""
+    ranked: list[tuple[str, str, float]] = []  # (baseline, label, value)
+    unranked: list[tuple[str, str]] = []  # (label, why)
     for row in rows:
-        value = _as_float(row.get("lr_sensitivity"))
-        if not math.isfinite(value):
-            continue
         name = str(row.get("baseline"))
         suffix = _cell_label(axes, tuple(row.get(a) for a in axes))
-        items.append((name, name + (f" ({suffix})" if suffix else ""), value))
-    if not items:
+        label = name + (f" ({suffix})" if suffix else "")
+        value = _as_float(row.get("lr_sensitivity"))
+        if math.isfinite(value):
+            ranked.append((name, label, value))
+        elif "verdict" in row:
+            why = row["verdict"] if row["verdict"] != "trained" else "grid misses the window"
+            unranked.append((label, why))
+    if not ranked and not unranked:
         return None
-    items.sort(key=lambda it: it[2], reverse=True)  # least sensitive ends up on top
-    extra = [n for n in _baseline_order({"baseline": it[0]} for it in items) if n not in order]
+    ranked.sort(key=lambda it: it[2])
+    extra = [n for n in _baseline_order({"baseline": it[0]} for it in ranked) if n not in order]
     colors = baseline_colors([*order, *extra])
-    labels = [it[1] for it in items]
-    values = [it[2] for it in items]
-    bar_colors = [colors[it[0]] for it in items]
-    fig = plt.figure(figsize=(7.5, 1.2 + 0.38 * len(items)), layout="constrained")
+    top = max([v for *_, v in ranked] + [0.0]) or 1.0
+    n = len(ranked) + len(unranked)
+    fig = plt.figure(figsize=(7.5, 1.2 + 0.38 * n), layout="constrained")
     try:
         ax = fig.add_subplot()
-        ypos = np.arange(len(items))
+        ypos = np.arange(n)[::-1]  # the first item on top
+        values = [v for *_, v in ranked] + [0.02 * top] * len(unranked)
+        bar_colors = [colors[it[0]] for it in ranked] + [FAILED_COLOR] * len(unranked)
         ax.barh(ypos, values, color=bar_colors, height=0.7)
-        ax.set_yticks(ypos, labels, fontsize=9)
-        top = max(max(values), 0.0)
-        for y, v in zip(ypos, values, strict=True):
-            ax.text(max(v, 0.0) + 0.01 * (top or 1.0), y, f"{v:.3f}", va="center", fontsize=8)
-        ax.set_xlim(min(0.0, min(values)), (top or 1.0) * 1.15)
-        ax.set_xlabel("LR sensitivity (mean excess capped loss over the LR grid; lower is better)")
+        ax.set_yticks(ypos, [it[1] for it in ranked] + [label for label, _ in unranked], fontsize=9)
+        texts = [f"{v:.3f}" for *_, v in ranked] + [f"{why}: not ranked" for _, why in unranked]
+        for y, v, text in zip(ypos, values, texts, strict=True):
+            ax.text(max(v, 0.0) + 0.01 * top, y, text, va="center", fontsize=8)
+        ax.set_xlim(0.0, top * 1.6 if unranked else top * 1.15)
+        ax.set_xlabel("LR sensitivity (mean excess capped loss over the fixed LR window; lower is better)")
         ax.grid(True, axis="x", alpha=0.3)
-        ax.set_title("Learning-rate sensitivity")
+        ax.set_title("Learning-rate sensitivity of the trained cells")
         return save_figure(fig, out_dir / "lr_sensitivity.png")
     finally:
         plt.close(fig)
 
 
-def plot_all(records: list[dict], rows: list[dict], l0: float, out_dir: Path, axes: Sequence[str] = ()) -> list[Path]:
+def plot_all(records: list[dict], rows: list[dict], l0: float, out_dir: Path, axes: Sequence[str] = (),
+             trivial: float | None = None) -> list[Path]:
     """Write every figure that the data supports into ``out_dir`` and return their paths.
 
     Returns ``[]`` (and creates nothing) when ``records`` is empty.  ``curves_best_lr.png``
@@ -512,7 +542,7 @@ def plot_all(records: list[dict], rows: list[dict], l0: float, out_dir: Path, ax
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = list(rows or [])
     jobs: list[Callable[[], Path | None]] = [
-        lambda: _plot_loss_vs_lr(records, l0, axes, out_dir),
+        lambda: _plot_loss_vs_lr(records, l0, axes, out_dir, rows, trivial),
         lambda: _plot_curves(records, rows, l0, axes, out_dir),
         *[(lambda a=a: _plot_heatmap(records, l0, axes, a, out_dir)) for a in axes],
         lambda: _plot_sensitivity(rows, axes, _baseline_order(records), out_dir),

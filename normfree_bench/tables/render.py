@@ -2,8 +2,11 @@
 
 Usage: ``print(render(rows, "github", axes=[]))``; formats: github, psql, latex, html, csv, json
 
-Text formats round for reading and mark a best LR at the edge of the grid with ``*`` (the grid is
-then too narrow to know the optimum). CSV and JSON keep the raw values.
+Text formats round for reading, mark censored figures (``≤`` / ``≥``: a best LR at an edge of the grid, a
+stable LR or a basin that reaches the top or an edge of it), show an empty cell as ``-`` and list the
+notes of the rows below github and psql tables. CSV and JSON keep the raw values, with a boolean column
+per censored figure; JSON writes every missing or infinite number as null (a missed target is then
+told by ``target_reached``).
 """
 
 from __future__ import annotations
@@ -23,15 +26,18 @@ from normfree_bench.io import jsonable
 from normfree_bench.tables.leaderboard import LEADERBOARD_COLUMNS
 
 FORMATS = ("github", "psql", "latex", "html", "csv", "json")
-EDGE_NOTE = "* best LR at the edge of the grid: widen the grid to locate the optimum."
 # Columns a reader needs in a text table, in order; CSV/JSON carry every column.
-TEXT_COLUMNS = ("baseline", "best_val_loss", "best_val_loss_std", "best_val_accuracy", "best_lr", "lr_sensitivity",
-                "diverged", "max_stable_lr", "spiked", "lr_basin_decades", "steps_to_target", "tokens_per_s",
-                "params", "p_vs_reference")
+TEXT_COLUMNS = ("baseline", "verdict", "best_val_loss", "tuning_seeds", "best_lr", "heldout_loss", "heldout_seeds",
+                "p_vs_reference", "best_val_accuracy", "heldout_accuracy", "lr_sensitivity", "lr_basin_decades",
+                "max_stable_lr", "diverged", "stalled", "spiked", "steps_to_target", "target_reached",
+                "tokens_per_s", "params")
+OPTIONAL = ("heldout_loss", "heldout_seeds", "p_vs_reference", "best_val_accuracy", "heldout_accuracy")  # if used
+CENSORED = {"max_stable_lr": "max_stable_lr_censored", "lr_basin_decades": "lr_basin_censored"}  # shown as ">= x"
 
 
 NUMBER_FORMATS: dict[str, Any] = {
     "best_val_accuracy": lambda v: f"{100 * v:.1f}%",
+    "heldout_accuracy": lambda v: f"{100 * v:.1f}%",
     "lr_sensitivity": "{:.3f}".format,
     "lr_basin_decades": "{:.2f}".format,
     "steps_to_target": "{:.0f}".format,
@@ -56,22 +62,18 @@ def table_columns(axes: Sequence[str], text: bool = False) -> list[str]:
 
 
 def _fmt(column: str, value: Any, row: dict[str, Any]) -> str:
-    if value is None:
+    """One cell of a text table."""
+    if column == "steps_to_target" and (value is None or math.isinf(value)) and row.get("target_reached"):
+        return "∞"  # the target was missed (JSON keeps an infinity as null)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    if isinstance(value, float) and math.isnan(value):
-        return "-" if column == "best_val_loss_std" else "nan"
-    if column in ("best_val_loss", "best_val_loss_std", "best_val_loss_ci95"):
-        text = f"{value:.4f}"
-        if column == "best_val_loss" and row.get("best_val_loss_ci95") is not None:
-            text += f" ± {row['best_val_loss_ci95']:.4f}"
-        return text
-    if column in ("best_lr", "max_stable_lr"):
-        return fmt_lr(value) + ("*" if column == "best_lr" and row.get("best_lr_at_edge") else "")
-    if column == "steps_to_target" and math.isinf(value):
-        return "∞"
-    if column in NUMBER_FORMATS:
-        return NUMBER_FORMATS[column](value)
-    return str(value)
+    if column in ("best_val_loss", "heldout_loss"):
+        ci = row.get(f"{column}_ci95")
+        return f"{value:.4f}" + (f" ± {ci:.4f}" if ci is not None and math.isfinite(ci) else "")
+    if column == "best_lr":
+        return {"low": "≤", "high": "≥"}.get(row.get("best_lr_edge") or "", "") + fmt_lr(value)
+    text = fmt_lr(value) if column == "max_stable_lr" else NUMBER_FORMATS.get(column, str)(value)
+    return ("≥" if row.get(CENSORED.get(column, "")) else "") + text
 
 
 def sort_rows(rows: list[dict[str, Any]], column: str | None) -> list[dict[str, Any]]:
@@ -117,11 +119,21 @@ def render(rows: list[dict[str, Any]], fmt: str = "github", axes: Sequence[str] 
     if not rows:
         return "(no finished trials yet)"
     columns = [*extra, *table_columns(axes, text=True)]
-    if all(r.get("best_val_accuracy") is None for r in rows):  # language modelling: no accuracy column
-        columns.remove("best_val_accuracy")
+    columns = [c for c in columns if c not in OPTIONAL or any(r.get(c) is not None for r in rows)]
     body = [[_fmt(c, r.get(c), r) for c in columns] for r in rows]
     table = tabulate(body, headers=columns, tablefmt=fmt, disable_numparse=True)
-    if any(r.get("best_lr_at_edge") for r in rows) and fmt in ("github", "psql"):
-        table += "\n\n" + EDGE_NOTE
+    if fmt in ("github", "psql"):
+        table += "\n\n" + "\n".join(notes(rows, axes))
     return table
+
+
+def notes(rows: list[dict[str, Any]], axes: Sequence[str]) -> list[str]:
+    """The lines under a text table: what the marks mean, and each row's note."""
+    lines = ["≤ / ≥: censored at an edge of the LR grid (best LR, max stable LR, LR basin); "
+             "- : no value (see the notes); loss ± 95 % t-interval over the seeds named beside it"]
+    for r in rows:
+        if r.get("note"):
+            cell = ", ".join(f"{a}={r[a]}" for a in axes if r.get(a) is not None)
+            lines.append(f"{r['baseline']}{f' ({cell})' if cell else ''}: {r['note']}")
+    return lines
 

@@ -4,15 +4,19 @@ Usage::
 
     guard = DivergenceGuard(l0=math.log(256), margin=1.0, patience=50)
     stop = guard.update(step, loss, grad_norm)   # True: stop training now
-    guard.finish(final_val_loss)                 # a final loss not below l0 is divergence too
+    guard.finish(final_val_loss, step)           # a non-finite final validation loss is divergence too
 
 Rules (all thresholds from ``GuardConfig``):
 1. a non-finite loss or gradient norm stops the run at once and records the step;
 2. a finite loss stops the run only after it has stayed above ``l0 + margin`` for ``patience``
    consecutive steps (norm-free models often spike far above l0 early and then recover);
-3. a run whose final validation loss is not below l0 counts as diverged;
+3. a run whose final validation loss is not finite counts as diverged;
 4. a stretch above ``l0 + margin`` that came back down is a *spike*: recorded with its start, end
    and peak, never called divergence.
+
+A run that ends with a finite loss that learned nothing (at chance, or stuck at the unigram loss) is
+not diverged: the leaderboard calls it *stalled* (normfree_bench.tables.leaderboard). ``max_loss``
+includes the step that stopped the run (infinite for a non-finite loss).
 """
 
 from __future__ import annotations
@@ -54,10 +58,11 @@ class DivergenceGuard:
         if self.diverged:
             return True
         if not math.isfinite(loss):
+            self.max_loss = math.inf  # the stopping step counts: a non-finite loss is as high as a loss gets
             return self._stop(step, "non-finite loss")
+        self.max_loss = max(self.max_loss, loss)
         if not math.isfinite(grad_norm):
             return self._stop(step, "non-finite gradient")
-        self.max_loss = max(self.max_loss, loss)
         if loss > self.threshold:
             if self._high_since is None:
                 self._high_since, self._high_peak = step, loss
@@ -71,8 +76,8 @@ class DivergenceGuard:
 
     def finish(self, final_val_loss: float, step: int) -> None:
         """Apply rule 3 once training has ended."""
-        if not self.diverged and not final_val_loss < self.l0:
-            self._stop(step, "final validation loss not below l0")
+        if not self.diverged and not math.isfinite(final_val_loss):
+            self._stop(step, "non-finite validation loss")
 
     @property
     def spiked(self) -> bool:
