@@ -41,8 +41,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 TRIAL_COLUMNS = ["baseline", "lr", "seed", "status", "final_val_loss", "best_val_loss", "diverged",
                  "diverged_step", "max_train_loss", "steps", "tokens_per_s", "wall_s", "params"]
-CURVE_COLUMNS = ["trial", "baseline", "phase", "lr", "seed", "step", "train_loss", "val_loss", "grad_norm", "val_perplexity",
-                 "val_accuracy"]
+CURVE_COLUMNS = ["trial", "baseline", "phase", "lr", "seed", "step", "train_loss", "val_loss", "grad_norm",
+                 "val_perplexity", "val_accuracy"]
 LEADERBOARD_KEYS = ["baseline", "best_val_loss", "best_val_loss_std", "best_lr", "lr_sensitivity", "diverged",
                     "max_stable_lr", "spiked", "lr_basin_decades", "steps_to_target", "tokens_per_s", "params"]
 RUN_FILES = ["config.yaml", "provenance.json", "trials.csv", "curves.csv", "leaderboard.md", "leaderboard.csv",

@@ -5,9 +5,13 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from normfree_bench.config import DataConfig, GuardConfig, ModelConfig, RunConfig, TrainConfig
+from normfree_bench.models.factory import build_model
+from normfree_bench.models.transformer import task_loss
 from normfree_bench.training.guard import DivergenceGuard
+from normfree_bench.training.lit_module import LitModel
 from normfree_bench.training.train import train_one
 
 L0 = math.log(256)
@@ -131,3 +135,25 @@ def test_diagnostics_off_records_nothing_and_changes_nothing():
     off = train_one(small_run(steps=20, diagnostics=False))
     assert on.diagnostics and not off.diagnostics
     assert on.final_val_loss == off.final_val_loss  # the probe only observes
+
+
+def test_validation_loss_is_weighted_by_batch_size() -> None:
+    """Batches of 3 and 1 windows: the loss is the mean over the 4 windows, not the mean of the 2 batch means
+    (torchmetrics' MeanMetric drops its weights under nan_strategy='disable', so the module keeps sums)."""
+    cfg = small_run()
+    torch.manual_seed(0)
+    model = build_model("layernorm", cfg.model)
+    module = LitModel(model, cfg.train.__class__(**{**cfg.train.__dict__, "diagnostics": False}),
+                      DivergenceGuard(l0=cfg.model.initial_loss))
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 256, (4, 17), generator=gen)
+    batches = [(x[:3, :-1], x[:3, 1:]), (x[3:, :-1], x[3:, 1:])]
+    with torch.no_grad():
+        for i, batch in enumerate(batches):
+            module.validation_step(batch, i)
+        module.on_validation_epoch_end()
+        want = float(task_loss(model(x[:, :-1]), x[:, 1:]))
+        per_batch = [float(task_loss(model(bx), by)) for bx, by in batches]
+    got = module.val_points[-1][1]
+    assert got == pytest.approx(want, rel=1e-5)
+    assert abs(got - sum(per_batch) / 2) > 1e-4  # the unweighted mean of batch means is another number

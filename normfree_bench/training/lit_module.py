@@ -19,7 +19,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from timm.scheduler import CosineLRScheduler
-from torchmetrics import MeanMetric
+from torchmetrics import SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.text import Perplexity
 
@@ -37,8 +37,11 @@ class LitModel(pl.LightningModule):
         self.model = model
         self.cfg = train_cfg
         self.guard = guard
-        # nan_strategy="disable": a NaN must reach the guard, never be silently dropped.
-        self.val_loss = MeanMetric(nan_strategy="disable")
+        # The validation loss is the token- (or image-) weighted mean over the validation batches, kept as two
+        # sums: MeanMetric drops its weights under nan_strategy="disable" (torchmetrics 1.9), and any other
+        # strategy drops NaNs, which must reach the guard.
+        self.val_loss_sum = SumMetric(nan_strategy="disable")
+        self.val_count = SumMetric(nan_strategy="disable")
         self.classify = model.config.task == "vit"
         self.val_metric = MulticlassAccuracy(model.config.num_classes) if self.classify else Perplexity()
         self.train_points: list[tuple[int, float, float]] = []  # (step, train_loss, grad_norm)
@@ -115,16 +118,18 @@ class LitModel(pl.LightningModule):
             self.diagnostics += probe.rows(logits, self.global_step, grad_norm=float(self.last_grad_norm))
         else:
             loss, logits = self.loss(x, y)
-        self.val_loss.update(loss, weight=y.numel())
+        self.val_loss_sum.update(loss.detach().float() * y.numel())
+        self.val_count.update(torch.tensor(float(y.numel())))
         if torch.isfinite(logits).all():
             self.val_metric.update(logits.float(), y)
             self._metric_updated = True
 
     def on_validation_epoch_end(self) -> None:
-        val = float(self.val_loss.compute())
+        val = float(self.val_loss_sum.compute() / self.val_count.compute())
         fallback = 0.0 if self.classify else math.inf
         metric = float(self.val_metric.compute()) if self._metric_updated else fallback
-        self.val_loss.reset()
+        self.val_loss_sum.reset()
+        self.val_count.reset()
         self.val_metric.reset()
         self._metric_updated = False
         self.val_points.append((self.global_step, val, metric))
