@@ -4,22 +4,32 @@ Usage: ``normfree-bench train --baseline fixup``
 
 Paper: Zhang, Dauphin, Ma, "Fixup Initialization: Residual Learning Without Normalization",
 ICLR 2019, https://arxiv.org/abs/1901.09321; official re-implementation ``hongyi-zhang/Fixup``
-(Transformer: ``fairseq/fairseq/models/transformer_zero.py``, ``multihead_attention_zero.py``).
+(Transformer: ``fairseq/fairseq/models/transformer_zero.py``, ``multihead_attention_zero.py``,
+``fairseq/run.sh``).
 
-The Transformer rules of the official code, with L = the number of residual branches (2 per block):
-- attention: Q, K, V Xavier-uniform x L^(-1/6); the output projection is 0.
+The Transformer rules of the official code, with L = the number of residual branches:
+- attention: Q, K, V Xavier-uniform on the fused (3d, d) matrix (as the code's ``in_proj_weight``)
+  x L^(-1/6); the output projection is 0.
 - MLP: fc1 (both SwiGLU inputs) Xavier-uniform x L^(-1/2); fc2 is 0.
 - a scalar bias (init 0) before each branch input and around the activation; a scalar
   multiplier (init 1) on each branch output: ``x + scale * F(x + b_in)``.
-- no norm at any site; the code's scalar biases replace the linear biases (which stay 0 here when
-  ``model.bias`` is on, since every baseline shares the model flavour).
-- embeddings N(0, d^-1/2) times a fixed sqrt(d) (fairseq ``embed_scale``); learned positions get
-  the same init, so the scaled sum has unit variance like fairseq's sinusoidal positions.
-- the scalar biases and multipliers train at LR/10 (``'lr': base_lr/10`` in the official scripts).
+- no norm at any site; the decoder's final LayerNorm is replaced by one scalar bias (``shift0``,
+  init 0) before the output projection, which is zero-initialised (the untied ``embed_out``).
+- the code's scalar biases replace the linear biases (which stay 0 here when ``model.bias`` is on,
+  since every baseline shares the model flavour).
+- token embeddings N(0, d^-1/2) times a fixed sqrt(d) (fairseq ``embed_scale``), so the tokens start at
+  unit variance; the positions are added after the scaling, unscaled (fairseq's default sinusoids have
+  RMS 1/sqrt(2); this model's learned positions get fairseq's learned-position init N(0, d^-1/2)).
+- one Adam group: ``run.sh`` trains the scalars at the same LR as the weights (``scalar_lr_scale: 1.0``);
+  the LR/10 for the scalars is the ResNet scripts' rule (``'lr': base_lr/10`` in ``cifar_train.py``),
+  available as ``scalar_lr_scale: 0.1``.
 
-Choices: the head is zero-initialised (Fixup rule 1, "initialize the classification layer to 0");
-no weight decay on the scalars (the harness's 1-D rule, applied to every scheme); warmup is the
-harness's shared warmup (the official Transformer script keeps 4000 warmup steps too).
+Choices: L = 2 n_layers (attention and MLP branches of a decoder-only model; the encoder-decoder code
+counts 2 N_enc + 3 N_dec, its cross-attention included, and has no decoder-only formula); no weight
+decay on the scalars (the harness's 1-D rule for every scheme; fairseq decays every parameter with
+decoupled wd 1e-4); warmup is the harness's shared warmup (the official script keeps 4,000 warmup
+steps too). Fixup's own init resets every weight the network init would set, so ``model.init`` (paper
+or shared) changes only the construction-time defaults it leaves: none that matter.
 """
 
 import math
@@ -49,13 +59,14 @@ class FixupResidual(Residual):
 @register_baseline
 class Fixup(Baseline):
     name = "fixup"
-    description = "no norms; L-scaled init, zero last layers, scalar biases/multipliers at LR/10"
+    description = "no norms; L-scaled init, zero last layers and head, scalar biases/multipliers, final shift0"
     paper = "https://arxiv.org/abs/1901.09321"
     norm_free = True
-    hparams = {"scalar_lr_scale": 0.1}
+    hparams = {"scalar_lr_scale": 1.0}
+    scale_positions = False  # fairseq adds its positions after scaling the token embedding
 
     def norm(self, dim, site, layer_idx, n_layers):
-        return nn.Identity()
+        return Shift(0.0) if site == "final" else nn.Identity()  # the decoder's shift0
 
     def residual(self, dim, branch, layer_idx, n_layers):
         return FixupResidual()
@@ -77,7 +88,7 @@ class Fixup(Baseline):
                 linear.weight.mul_(n_branches ** (-1 / 6) if role == "qkv" else n_branches ** (-1 / 2))
             if linear.bias is not None:
                 nn.init.zeros_(linear.bias)
-        for emb in model.embeddings():
+        for emb in model.embeddings():  # tokens (scaled by sqrt(d) in the forward pass), positions (not)
             weight = emb if isinstance(emb, nn.Parameter) else emb.weight
             nn.init.normal_(weight, std=model.config.d_model ** -0.5)
         nn.init.zeros_(model.head.weight)
@@ -99,4 +110,8 @@ class Fixup(Baseline):
         for i, role, linear in model.branch_linears():
             if role in ("attn_out", "mlp_out") and linear.weight.abs().max() != 0:
                 problems.append(f"block {i} {role} must be zero-initialised")
+        if model.config.task == "lm":  # the stream starts at unit variance: tokens 1, positions 1/d
+            var = model.embed(batch).var().item()
+            if not 0.8 <= var <= 1.25:
+                problems.append(f"the embedded stream has variance {var:.3f}, not about 1")
         return problems

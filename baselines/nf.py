@@ -19,8 +19,23 @@ From the NF code:
 - the activation is scaled to preserve unit variance: GELU x 1.7015043497085571 (the NF constant);
   SwiGLU has no published constant, so ``1/std(silu(z1) * z2)`` is computed numerically.
 - adaptive gradient clipping, unit-wise, lambda = 0.01, eps = 1e-3 (NFNet-F0), replacing global-norm
-  clipping; the embeddings and the head are excluded, as NFNets exclude the classifier.
-- no weight decay on gains (the harness's 1-D rule).
+  clipping (``clipping: agc``); the head's weight is excluded, as NFNets exclude the classifier's weight
+  (``experiment_nfnets.py``: ``{'params': fc_weights, 'clipping': None}``), and so are the embeddings
+  (the scheme reference's adaptation, §7.4); the gains, biases and skip gains are clipped, as in NFNets.
+- no weight decay on any gain or bias (NFNets' ``pred_gb``: names with ``gain``/``bias``, the skip
+  gains included), whatever its shape: the Scaled-WS gains have shape (out, 1), which the harness's
+  1-D rule alone would decay.
+- the rest of the network (``model.init: paper``): fan-in VarianceScaling(1.0) weights (Haiku's
+  truncated-normal default, the ``lecun`` rule of normfree_bench.core.inits; Scaled WS standardises the
+  branch weights anyway) and a unit-variance token embedding, so sigma_0^2 is about 1 as in the NF
+  bookkeeping; the head N(0, 0.01) (NFNets' classifier init). ``model.init: shared`` keeps the harness's
+  GPT-2 init (then sigma_0^2 is about 0.02^2 and the first branch sees its input scaled up accordingly).
+
+AGC under AdamW: Adam divides each update by a running RMS of the gradient, so AGC's rescaling of a
+unit's gradient changes Adam's step only where the rescaling factor varies between steps; NFNets pair
+AGC with SGD, where it bounds the step directly. ``clipping: agc`` is the paper's rule as written;
+``global`` clips the global gradient norm at ``train.grad_clip`` as every other scheme here, and
+``both`` applies AGC, then the global norm. The leaderboard's ``nf`` is ``clipping: agc``, ``final: scale``.
 
 Adaptations (choices):
 - sigma_0^2, the variance of the embedding output at init, is computed from the initialised
@@ -105,8 +120,9 @@ class NF(Baseline):
     description = "NF-style x + alpha*g*F(x/beta), Scaled WS, skip gain 0, adaptive gradient clipping"
     paper = "https://arxiv.org/abs/2102.06171"
     norm_free = True
-    hparams = {"alpha": 0.2, "skip_gain_init": 0.0, "agc_clip": 0.01, "agc_eps": 1e-3, "final": "scale"}
-    hparam_types = {"final": Literal["scale", "layernorm"]}
+    hparams = {"alpha": 0.2, "skip_gain_init": 0.0, "agc_clip": 0.01, "agc_eps": 1e-3, "final": "scale",
+               "clipping": "agc"}
+    hparam_types = {"final": Literal["scale", "layernorm"], "clipping": Literal["agc", "global", "both"]}
 
     def __init__(self, config, **hparams) -> None:
         super().__init__(config, **hparams)
@@ -121,6 +137,23 @@ class NF(Baseline):
 
     def residual(self, dim, branch, layer_idx, n_layers):
         return NFResidual(self.hp["alpha"], self.hp["skip_gain_init"])
+
+    def network_init(self) -> str:
+        return "lecun"
+
+    def param_groups(self, model, lr, weight_decay):
+        """The harness's groups, with every Scaled-WS gain moved to the no-decay group (NFNets decay no
+        gain or bias, whatever its shape)."""
+        gains = {id(m.gain) for m in model.modules() if isinstance(m, ScaledWS)}
+        groups = super().param_groups(model, lr, weight_decay)
+        moved = []
+        for group in groups:
+            if group.get("weight_decay", weight_decay) > 0:
+                moved += [p for p in group["params"] if id(p) in gains]
+                group["params"] = [p for p in group["params"] if id(p) not in gains]
+        if moved:
+            groups.append({"params": moved, "weight_decay": 0.0})
+        return [g for g in groups if g["params"]]
 
     def activation(self):
         if self.config.mlp == "swiglu":
@@ -157,13 +190,20 @@ class NF(Baseline):
             residual.inv_beta.fill_(var**-0.5)
         if isinstance(model.norm_final, Scale):
             model.norm_final.scale.fill_(variances[-1] ** -0.5)
+        if self.config.init == "paper":
+            nn.init.normal_(model.head.weight, std=0.01)
+            if model.head.bias is not None:
+                nn.init.zeros_(model.head.bias)
 
     def clip_gradients(self, model, max_norm):
         params = [p for p in model.parameters() if p.grad is not None]
         total = torch.nn.utils.get_total_norm([p.grad for p in params])
-        excluded = {id(w) for w in self._embedding_weights(model)} | {id(p) for p in model.head.parameters()}
-        adaptive_clip_grad([p for p in params if id(p) not in excluded],
-                           clip_factor=self.hp["agc_clip"], eps=self.hp["agc_eps"])
+        if self.hp["clipping"] in ("agc", "both"):
+            excluded = {id(w) for w in self._embedding_weights(model)} | {id(model.head.weight)}
+            adaptive_clip_grad([p for p in params if id(p) not in excluded],
+                               clip_factor=self.hp["agc_clip"], eps=self.hp["agc_eps"])
+        if self.hp["clipping"] in ("global", "both") and max_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, max_norm)
         return total
 
     def check_init(self, model, batch):
@@ -172,7 +212,7 @@ class NF(Baseline):
         # activation) returns unit variance.
         generator = torch.Generator().manual_seed(0)
         for block in model.blocks:
-            z = torch.randn(batch.shape[0], 8, model.config.d_model, generator=generator)
+            z = torch.randn(64, 16, model.config.d_model, generator=generator)  # enough samples to estimate it
             with torch.no_grad():
                 var = block.mlp(z).var().item()
             if not 0.7 <= var <= 1.4:

@@ -12,6 +12,11 @@ Choices:
   ``gain_init`` may be set to a small constant (the paper allows <~ 1/sqrt(depth)); default 0.
 - No norm at any site, including the final one (the reference network has no normalization).
 - The head is zero-initialised, as the reference ResNet's classifier (``fc_init=jnp.zeros``).
+- The rest of the network (``model.init: paper``): the reference builds every layer with Haiku's
+  default, a fan-in truncated normal (std 1/sqrt(fan_in)) for convolutions and linears with zero
+  biases, and ``hk.Embed``'s unit-variance truncated normal for embeddings: the ``lecun`` rule of
+  normfree_bench.core.inits (no SkipInit Transformer exists; this is the same group's init applied to
+  this Transformer). ``model.init: shared`` gives the harness's GPT-2 init instead.
 """
 
 import torch
@@ -32,6 +37,9 @@ class SkipInit(Baseline):
 
     def norm(self, dim: int, site: str, layer_idx: int, n_layers: int) -> nn.Module:
         return nn.Identity()
+
+    def network_init(self) -> str:
+        return "lecun"
 
     def residual(self, dim: int, branch: str, layer_idx: int, n_layers: int) -> Residual:
         return GatedResidual(nn.Parameter(torch.full((1,), float(self.hp["gain_init"]))))

@@ -33,7 +33,7 @@ from normfree_bench.core.registry import check_hparams_section, discover, get_ba
 from normfree_bench.data.task import check_fits, load_data
 from normfree_bench.errors import UserError
 from normfree_bench.io import write_json
-from normfree_bench.models.contract import check_baseline
+from normfree_bench.models.contract import check_baseline, init_state, tiny_config
 from normfree_bench.report import write_report
 from normfree_bench.store.rundir import check_train_dir, run_axes, run_studies, write_train_output
 from normfree_bench.store.storage import open_storage
@@ -149,9 +149,25 @@ def cmd_baselines_check(args: argparse.Namespace) -> int:
         rows = [[c.name, "ok" if c.ok else "FAIL", c.detail] for c in checks]
         print(f"{name}:")
         print(tabulate(rows, headers=["check", "result", "detail"], tablefmt="github"))
+        try:
+            states = [init_state(name, tiny_config(), init) for init in ("paper", "shared")]
+        except Exception as exc:  # a plugin's bug is reported by the checks above, not a crash here
+            print(f"\n{name} at init: not measured ({type(exc).__name__}: {exc})")
+            continue
+        print(f"\n{name} at init (the tiny GPT-2-flavoured model, seed 0; stds over one batch):")
+        print(tabulate([[s.init, s.rule, _stds(s.stream_std), _stds(s.branch_std), f"{s.logit_std:.3g}",
+                         f"{s.initial_loss:.4f}"] for s in states],
+                       headers=["init", "rule", "stream std entering each block, then the final site",
+                                "branch output std (attn, mlp per block)", "logit std", "initial loss"],
+                       tablefmt="github"))
+        print()
     if failed:
         print(f"{failed} check(s) failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _stds(values: list[float]) -> str:
+    return ", ".join(f"{v:.3g}" for v in values)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ SLOW_TESTS = {
     "test_a_plugin_written_against_the_old_flat_layout_still_loads_and_checks",
     "test_old_module_paths_are_the_new_modules_with_a_deprecation_warning", "test_public_imports_and_a_lazy_convert",
     "test_vision_smoke_suite_end_to_end", "test_compiled_layer_benchmark_reports_compile_time",
+    "test_the_patch_init_example_plugin_isolates_the_patch_convolution",
 }
 
 

@@ -6,11 +6,12 @@ import math
 
 import pytest
 import torch
+from scipy import stats as st
 from torch import nn
 
 from normfree_bench import Baseline, ModelConfig, build_model, list_baselines
-from normfree_bench.core.layers import PointwiseNorm
-from normfree_bench.models.contract import CHECKS, check_baseline, lm_loss, tiny_batch, tiny_config
+from normfree_bench.core.layers import PointwiseNorm, Scale, Shift
+from normfree_bench.models.contract import CHECKS, check_baseline, init_state, lm_loss, tiny_batch, tiny_config
 
 BUILTINS = ["layernorm", "rmsnorm", "dyt", "fixup", "rezero", "skipinit", "nf"]
 
@@ -151,12 +152,16 @@ def test_fixup_inits_and_lr_group():
     bound1 = math.sqrt(6 / (fc1.shape[0] + fc1.shape[1])) * n_branches ** (-1 / 2)
     assert 0.8 * bound1 < fc1.abs().max().item() <= bound1 + 1e-6
     assert model.head.weight.abs().max() == 0
+    assert model.norm_final.bias.item() == 0.0  # the decoder's shift0 before the head
     groups = model.baseline.param_groups(model, 1e-3, 0.1)
-    scalar_group = [g for g in groups if g.get("lr_scale") == 0.1]
-    assert len(scalar_group) == 1
-    # per block: branch shift + scale (2 per branch) and 2 shifts around the activation
-    assert len(scalar_group[0]["params"]) == cfg.n_layers * (2 * 2 + 2)
+    scalar_group = [g for g in groups if "lr_scale" in g]
+    assert len(scalar_group) == 1 and scalar_group[0]["lr_scale"] == 1.0  # fairseq's run.sh: one group
+    # per block: branch shift + scale (2 per branch) and 2 shifts around the activation; plus shift0
+    assert len(scalar_group[0]["params"]) == cfg.n_layers * (2 * 2 + 2) + 1
     assert all(p.numel() == 1 for p in scalar_group[0]["params"])
+    resnet_rule = build_model("fixup", cfg, scalar_lr_scale=0.1)
+    groups = resnet_rule.baseline.param_groups(resnet_rule, 1e-3, 0.1)
+    assert [g["lr_scale"] for g in groups if "lr_scale" in g] == [0.1]
 
 
 def test_nf_beta_schedule_ws_and_agc():
@@ -200,3 +205,89 @@ def test_vit_head_shares_the_blocks(name):
     assert logits.shape == (3, 10) and torch.isfinite(logits).all()
     torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2])).backward()
     assert model.pos_emb.shape == (1, 16, 32)  # one learned position per patch
+
+
+# ---- the state each scheme starts from, under both init protocols -------------------------------------
+def truncated_std(cut: float) -> float:
+    """The std of a standard normal truncated at +-cut (Haiku's and timm's truncated normals)."""
+    return float(st.truncnorm(-cut, cut).std())
+
+
+@pytest.mark.parametrize("init", ["paper", "shared"])
+def test_init_state_holds_what_each_paper_promises(init: str) -> None:
+    config = tiny_config()  # d = 32, 2 layers, vocab 256
+    d, ln256 = 32, math.log(256)
+    states = {name: init_state(name, config, init) for name in BUILTINS}
+    # Fixup: every branch silent, the head zero (a uniform first prediction), the stream at unit variance:
+    # tokens N(0, d^-1/2) x sqrt(d) and positions N(0, d^-1/2) unscaled -> std sqrt(1 + 1/d)
+    fixup = states["fixup"]
+    assert fixup.branch_std == [0.0] * 4 and fixup.logit_std == 0.0 and fixup.initial_loss == pytest.approx(ln256)
+    assert all(s == pytest.approx(math.sqrt(1 + 1 / d), rel=0.1) for s in fixup.stream_std)
+    for name in ("rezero", "skipinit", "nf"):  # silent branches: the stream passes through unchanged
+        assert states[name].branch_std == [0.0] * 4, name
+        assert len(set(states[name].stream_std)) == 1, name
+    assert states["skipinit"].logit_std == 0.0  # the zero head
+    for name in ("layernorm", "rmsnorm", "dyt"):  # branches write at init; the first prediction is near uniform
+        assert all(b > 0 for b in states[name].branch_std), name
+        assert states[name].initial_loss == pytest.approx(ln256, abs=0.05), name
+    if init == "shared":
+        assert {s.rule for s in states.values()} == {"gpt2"}
+        assert states["rezero"].stream_std[0] == pytest.approx(0.02 * math.sqrt(2), rel=0.15)  # tok + pos, 0.02 each
+    else:
+        assert states["rezero"].rule == "xavier" and states["skipinit"].rule == "lecun" and states["nf"].rule == "lecun"
+        # ReZero's tutorial: U(-0.1, 0.1) tokens (std 0.1 / sqrt 3) x sqrt(d), positions 0.02 added after
+        want = math.sqrt((0.1 / math.sqrt(3) * math.sqrt(d)) ** 2 + 0.02**2)
+        assert states["rezero"].stream_std[0] == pytest.approx(want, rel=0.1)
+        # SkipInit and NF: hk.Embed's unit-variance truncated normal tokens
+        assert states["skipinit"].stream_std[0] == pytest.approx(truncated_std(2.0), rel=0.1)
+        assert states["layernorm"].rule == "gpt2" and states["dyt"].rule == "gpt2"
+
+
+def test_the_llama_flavour_and_the_vit_take_their_recipes_init() -> None:
+    llama = build_model("layernorm", tiny_config("llama"))
+    assert llama.baseline.network_init() == "llama"
+    outs = [lin.weight.std().item() for _, role, lin in llama.branch_linears() if role == "attn_out"]
+    assert all(o == pytest.approx(0.02, rel=0.2) for o in outs)  # no 1/sqrt(2L) under LLaMA's init
+    vit_cfg = ModelConfig(task="vit", d_model=32, n_layers=2, n_heads=4, image_size=8, patch_size=2, in_chans=1)
+    torch.manual_seed(0)
+    vit = build_model("dyt", vit_cfg)
+    fan_in = 1 * 2 * 2
+    bound = 1 / math.sqrt(fan_in)  # PyTorch's Conv2d default: U(+-1/sqrt(fan_in)), timm leaves it
+    w = vit.patch_embed.proj.weight
+    assert w.abs().max() <= bound and w.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.15)
+
+
+# ---- optimizer groups: which parameters are decayed, at which LR scale ------------------------------
+def expected_group(name: str, pname: str, param: torch.nn.Parameter, model) -> tuple[bool, float]:
+    """The rule each baseline's docstring states, derived here independently of its param_groups:
+    weight matrices (ndim >= 2) are decayed at LR x1, every other parameter is not; NF's Scaled-WS gains
+    (shape (out, 1)) are not decayed either; Fixup's scalar biases and multipliers train at
+    scalar_lr_scale (1.0, the fairseq script's single group)."""
+    if name == "fixup":
+        scalars = {id(p) for m in model.modules() if isinstance(m, (Scale, Shift)) for p in m.parameters()}
+        if id(param) in scalars:
+            return False, 1.0
+    if name == "nf" and pname.endswith(".gain") and "parametrizations" in pname:
+        return False, 1.0
+    return param.ndim >= 2, 1.0
+
+
+@pytest.mark.parametrize("preset", ["gpt2", "llama"])
+@pytest.mark.parametrize("name", BUILTINS)
+def test_optimizer_groups_decay_matrices_only_and_keep_the_lr(name: str, preset: str) -> None:
+    model = build_model(name, tiny_config(preset))
+    actual: dict[int, tuple[bool, float]] = {}
+    for group in model.baseline.param_groups(model, 1e-3, 0.1):
+        for p in group["params"]:
+            actual[id(p)] = (group.get("weight_decay", 0.1) > 0, group.get("lr_scale", 1.0))
+    for pname, param in model.named_parameters():
+        assert actual[id(param)] == expected_group(name, pname, param, model), (name, pname, param.shape)
+
+
+def test_nf_gains_of_shape_out_by_1_are_not_decayed() -> None:
+    model = build_model("nf", tiny_config())
+    gains = [p for n, p in model.named_parameters() if n.endswith("parametrizations.weight.0.gain")]
+    assert len(gains) == 8 and all(g.ndim == 2 and g.shape[1] == 1 for g in gains)  # 4 branch linears x 2 blocks
+    decayed = {id(p) for g in model.baseline.param_groups(model, 1e-3, 0.1) if g["weight_decay"] > 0
+               for p in g["params"]}
+    assert not any(id(g) in decayed for g in gains)

@@ -414,8 +414,10 @@ def test_leaderboard_sort(smoke_dir: Path, capsys: pytest.CaptureFixture[str]) -
     assert len(losses) == 7 and losses == sorted(losses)
     rc, out, err = cli(["leaderboard", str(smoke_dir), "--sort", "best_val_loss"], capsys)
     assert rc == 0, err
+    header = next(line for line in out.splitlines() if line.startswith("| baseline"))
+    column = [c.strip() for c in header.strip("|").split("|")].index("best_val_loss")
     body = [line for line in out.splitlines() if re.match(r"^\|\s*[a-z]", line) and "baseline" not in line]
-    shown = [float(line.split("|")[3].split()[0]) for line in body]
+    shown = [float(line.strip("|").split("|")[column].split()[0]) for line in body]
     assert shown == sorted(shown) and len(shown) == 7
 
 

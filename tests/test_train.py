@@ -108,7 +108,7 @@ def test_fixup_lr_scale_reaches_the_optimizer():
     from normfree_bench.training.lit_module import LitModel
 
     cfg = small_run("fixup")
-    module = LitModel(build_model("fixup", cfg.model), cfg.train, DivergenceGuard(l0=L0))
+    module = LitModel(build_model("fixup", cfg.model, scalar_lr_scale=0.1), cfg.train, DivergenceGuard(l0=L0))
     opt = module.configure_optimizers()
     sched = opt["lr_scheduler"]["scheduler"]
     sched.step_update(num_updates=cfg.train.warmup_steps)

@@ -5,14 +5,21 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from normfree_bench import build_model
 from normfree_bench.cli import main
-from normfree_bench.config import DataConfig, GuardConfig, ModelConfig, RunConfig, TrainConfig
+from normfree_bench.config import DataConfig, GuardConfig, ModelConfig, RunConfig, TrainConfig, load_run_config
+from normfree_bench.config.suites import suite_path
+from normfree_bench.core.layers import PointwiseNorm
 from normfree_bench.data.images import TrainImages, load_images, val_image_batches
 from normfree_bench.errors import UserError
+from normfree_bench.models.convert import TimmView
 from normfree_bench.training.train import train_one
 
 DIGITS_MODEL = ModelConfig(task="vit", d_model=32, n_layers=2, n_heads=4, image_size=8, patch_size=2, in_chans=1,
@@ -69,9 +76,10 @@ def test_image_folder(tmp_path):
         load_images(DataConfig(dataset="imagefolder", root=str(tmp_path / "train")), model)
 
 
-@pytest.mark.parametrize("baseline", ["layernorm", "nf"])
-def test_vit_trains_on_digits_with_accuracy(baseline):
-    cfg = RunConfig(baseline=baseline, model=DIGITS_MODEL, data=DataConfig(dataset="digits", batch_size=64),
+@pytest.mark.parametrize("baseline, init", [("layernorm", "paper"), ("layernorm", "shared"), ("nf", "shared")])
+def test_vit_trains_on_digits_with_accuracy(baseline, init):
+    model = ModelConfig(**{**DIGITS_MODEL.__dict__, "init": init})
+    cfg = RunConfig(baseline=baseline, model=model, data=DataConfig(dataset="digits", batch_size=64),
                     train=TrainConfig(steps=60, lr=1e-2, warmup_steps=6, eval_interval=30, threads=2),
                     guard=GuardConfig(patience=20))
     result = train_one(cfg)
@@ -90,3 +98,41 @@ def test_vision_smoke_suite_end_to_end(tmp_path, capsys):
     assert all(r["best_val_loss"] <= math.log(10) + 1e-9 for r in rows)  # capped at l0 = ln 10
     assert "best_val_accuracy" in capsys.readouterr().out
     assert "final_val_accuracy" in (out / "trials.csv").read_text().splitlines()[0]
+
+
+def test_a_timm_backbone_trains_in_the_harness_and_keeps_timms_architecture(tmp_path) -> None:
+    """model.backbone: timm:<name> builds timm's own VisionTransformer at the config's size, converted to the
+    baseline: the norm sites are DyT's, the class token is timm's, and a short run learns."""
+    cfg = load_run_config(suite_path("vision-smoke"), {"model": {"backbone": "timm:vit_tiny_patch16_224"},
+                                                       "train": {"steps": 30}, "baseline": "dyt"})
+    model = build_model("dyt", cfg.model)
+    assert isinstance(model, TimmView) and model.model.cls_token is not None
+    assert len(model.model.blocks) == cfg.model.n_layers and model.model.embed_dim == cfg.model.d_model
+    assert all(isinstance(m, PointwiseNorm) for _, _, _, m in model.norm_sites())
+    result = train_one(cfg)
+    assert not result.diverged and result.final_val_loss < cfg.model.initial_loss
+    assert any(row[3] == "param.alpha" for row in result.diagnostics)  # the probe reaches timm's sites
+
+
+def test_a_timm_backbone_that_does_not_exist_is_bad_input() -> None:
+    with pytest.raises(UserError, match="unknown timm model 'vit_tiny_patch16_22'.*did you mean vit_tiny_patch16_224"):
+        build_model("dyt", ModelConfig(task="vit", backbone="timm:vit_tiny_patch16_22"))
+    with pytest.raises(UserError, match="task: vit only"):
+        ModelConfig(backbone="timm:vit_tiny_patch16_224")
+
+
+def test_the_patch_init_example_plugin_isolates_the_patch_convolution() -> None:
+    code = ("import torch\nfrom normfree_bench import ModelConfig, build_model, load_plugin\n"
+            "load_plugin('examples/patch_init.py')\n"
+            "cfg = ModelConfig(task='vit', d_model=32, n_layers=2, n_heads=4)\n"
+            "stds = []\n"
+            "for name in ('dyt', 'dyt_patch002'):\n"
+            "    torch.manual_seed(0)\n"
+            "    stds.append(build_model(name, cfg).patch_embed.proj.weight.std().item())\n"
+            "print(*stds)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    timm_default, gpt2 = map(float, proc.stdout.split())
+    assert timm_default == pytest.approx(0.5 / 3**0.5, rel=0.15)  # U(+-1/sqrt(4)) for 2x2 grey patches
+    assert gpt2 == pytest.approx(0.02, rel=0.15)

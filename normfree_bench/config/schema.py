@@ -52,6 +52,12 @@ class ModelConfig:
     bias: bool = True
     qk_norm: Literal["none", "layernorm", "rmsnorm"] = "none"  # per-head norm of q and k (any baseline)
     task: Literal["lm", "vit"] = "lm"
+    # The network's init: "paper" (each baseline's paper and official code, Baseline.network_init) or
+    # "shared" (GPT-2's rule for every baseline, so that only the scheme differs). README: "Init".
+    init: Literal["paper", "shared"] = "paper"
+    # "native" (this package's Transformer) or "timm:<model name>" (timm's own model, e.g.
+    # timm:vit_tiny_patch16_224, built at this config's size and converted to the baseline; ViT only).
+    backbone: str = "native"
     # ViT head only (task: vit).
     image_size: int = 8
     patch_size: int = 2
@@ -74,6 +80,11 @@ class ModelConfig:
                             f"{self.hidden_dim}; valid: mlp_ratio >= {1 / self.d_model:.3g}")
         if self.task == "vit" and self.image_size % self.patch_size:
             raise UserError("model.image_size must be divisible by model.patch_size")
+        if self.backbone != "native" and not (self.backbone.startswith("timm:") and len(self.backbone) > 5):
+            raise UserError(f"invalid model.backbone {self.backbone!r}; valid: native, or timm:<model name> such as "
+                            "timm:vit_tiny_patch16_224")
+        if self.backbone != "native" and self.task != "vit":
+            raise UserError(f"model.backbone {self.backbone} is a timm vision model; valid with task: vit only")
 
     @classmethod
     def from_preset(cls, preset: str = "gpt2", **overrides: Any) -> ModelConfig:

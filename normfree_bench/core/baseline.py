@@ -115,6 +115,9 @@ class Baseline:
     # e.g. {"alpha_init": float | None, "final": Literal["scale", "layernorm"]}. Others take their
     # default's type: bool, int, float (an int is accepted), str, list or dict.
     hparam_types: ClassVar[dict[str, Any]] = {}
+    # True: the embedding scale multiplies the token embedding plus the learned positions (DyT/Derf's
+    # GPT-2 code); False: the token embedding only, the positions added after it (fairseq, ReZero's tutorial).
+    scale_positions: ClassVar[bool] = True
 
     def __init__(self, config: ModelConfig, **hparams: Any) -> None:
         self.config = config
@@ -165,8 +168,17 @@ class Baseline:
         return nn.Identity()
 
     # ---- hooks called on the built model ------------------------------------------------------
+    def network_init(self) -> str:
+        """Under ``model.init: paper``, the rule (normfree_bench.core.inits) that initialises the whole
+        network before `init_`, as the scheme's paper and official code train: by default the reference
+        recipe of the model being built, ``timm`` for the ViT task, ``llama`` for the LLaMA flavour
+        (SwiGLU), ``gpt2`` (nanoGPT) otherwise. ``model.init: shared`` uses ``gpt2`` for every scheme."""
+        if self.config.task == "vit":
+            return "timm"
+        return "llama" if self.config.mlp == "swiglu" else "gpt2"
+
     def init_(self, model: ModelView) -> None:
-        """Re-initialise after the model's default (GPT-2 style) init; runs under no_grad."""
+        """The scheme's own init, after the network's (`network_init`, or the shared rule); runs under no_grad."""
 
     def param_groups(self, model: ModelView, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         """Optimizer groups. Default (timm rule): no weight decay on 1-D parameters and biases.

@@ -1,11 +1,14 @@
-"""The contract every baseline must meet, run on a tiny CPU model (``normfree-bench baselines check``).
+"""The contract every baseline must meet, run on a tiny CPU model (``normfree-bench baselines check``), and
+the state a baseline starts training from under each init protocol.
 
-Usage: ``for check in check_baseline("dyt"): print(check.name, check.ok, check.detail)``
+Usage: ``for check in check_baseline("dyt"): print(check.name, check.ok, check.detail)``;
+``state = init_state("fixup", tiny_config(), init="paper")``
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -145,3 +148,39 @@ def check_baseline(name: str, presets: tuple[str, ...] = ("gpt2", "llama")) -> l
                 detail = f"{type(exc).__name__}: {exc}"
             results.append(Check(label, not detail, detail))
     return results
+
+
+@dataclass
+class InitState:
+    """What a model looks like at init on one batch: the evidence behind each scheme's promise (Fixup's
+    unit-variance stream and silent branches, NF's variance schedule, ReZero's and SkipInit's silent
+    branches, a near-uniform first prediction)."""
+
+    init: str  # the protocol (model.init)
+    rule: str  # the network rule it resolved to (normfree_bench.core.inits)
+    stream_std: list[float]  # the residual stream entering each block, then entering the final site
+    branch_std: list[float]  # what each branch adds to the stream (attn, mlp of each block)
+    logit_std: float
+    initial_loss: float
+
+
+@torch.no_grad()
+def init_state(name: str, config: ModelConfig, init: str, ids: torch.Tensor | None = None) -> InitState:
+    """Build ``name`` under ``model.init: init`` (seed 0) and measure it on ``ids`` (a tiny LM batch)."""
+    config = dataclasses.replace(config, init=init)
+    ids = tiny_batch(config) if ids is None else ids
+    torch.manual_seed(0)
+    model = build_model(name, config)
+    model.eval()
+    x = model.embed(ids[:, :-1])
+    streams, branches = [float(x.std())], []
+    for block in model.blocks:  # the block's forward, one branch at a time
+        for norm, res, branch in ((block.norm_attn, block.res_attn, block.attn), (block.norm_mlp, block.res_mlp,
+                                                                                   block.mlp)):
+            y = res.combine(x, branch(res.branch_input(norm(x))))
+            branches.append(float((y - x).std()))
+            x = y
+        streams.append(float(x.std()))
+    logits = model(ids[:, :-1])
+    rule = "gpt2" if init == "shared" else model.baseline.network_init()
+    return InitState(init, rule, streams, branches, float(logits.std()), float(task_loss(logits, ids[:, 1:])))

@@ -138,17 +138,20 @@ class _BlockView:
         return self.block(x)
 
 
-class TimmView:
-    """A converted timm model as a `ModelView`, the interface every baseline hook is written against.
+class TimmView(nn.Module):
+    """A converted timm model as a `ModelView`, the interface every baseline hook is written against, and
+    an ``nn.Module`` holding it (as ``self.model``), so that it trains as our Transformer does.
 
-    Qualified names (``norm_sites``, ``residual_sites``) are the timm model's own module paths. The
-    timm model itself is ``view.model``; nothing else of it is exposed, so a hook written against the
-    view works on our Transformer and on timm models alike.
+    Qualified names (``norm_sites``, ``residual_sites``, ``named_parameters``) start with ``model.``,
+    the timm model's own module paths after it. Nothing else of the timm model is exposed, so a hook
+    written against the view works on our Transformer and on timm models alike.
     """
 
     def __init__(self, model: nn.Module, config: ModelConfig, baseline: Baseline, blocks: list[_BlockView],
                  final_site: str) -> None:
-        self.model, self.config, self.baseline = model, config, baseline
+        super().__init__()
+        self.model = model
+        self.config, self.baseline = config, baseline
         self.blocks, self.final_site = blocks, final_site
 
     @property
@@ -166,14 +169,14 @@ class TimmView:
 
     def norm_sites(self) -> Iterator[NormSite]:
         for b in self.blocks:
-            yield b.layer_idx, "attn", f"blocks.{b.layer_idx}.norm1", b.norm_attn
-            yield b.layer_idx, "mlp", f"blocks.{b.layer_idx}.norm2", b.norm_mlp
-        yield len(self.blocks), "final", self.final_site, self.norm_final
+            yield b.layer_idx, "attn", f"model.blocks.{b.layer_idx}.norm1", b.norm_attn
+            yield b.layer_idx, "mlp", f"model.blocks.{b.layer_idx}.norm2", b.norm_mlp
+        yield len(self.blocks), "final", f"model.{self.final_site}", self.norm_final
 
     def residual_sites(self) -> Iterator[ResidualSite]:
         for b in self.blocks:
-            yield b.layer_idx, "attn", f"blocks.{b.layer_idx}.res_attn", b.res_attn
-            yield b.layer_idx, "mlp", f"blocks.{b.layer_idx}.res_mlp", b.res_mlp
+            yield b.layer_idx, "attn", f"model.blocks.{b.layer_idx}.res_attn", b.res_attn
+            yield b.layer_idx, "mlp", f"model.blocks.{b.layer_idx}.res_mlp", b.res_mlp
 
     def embeddings(self) -> list[nn.Module | nn.Parameter]:
         """The patch projection, the learned positions and the class / register / distillation tokens."""
@@ -192,20 +195,11 @@ class TimmView:
         m = self.model
         return m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(images))))
 
-    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]:
-        return self.model.parameters(recurse)
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
 
-    def named_parameters(self, *args: Any, **kwargs: Any) -> Iterator[tuple[str, nn.Parameter]]:
-        return self.model.named_parameters(*args, **kwargs)
-
-    def modules(self) -> Iterator[nn.Module]:
-        return self.model.modules()
-
-    def named_modules(self, *args: Any, **kwargs: Any) -> Iterator[tuple[str, nn.Module]]:
-        return self.model.named_modules(*args, **kwargs)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.model(*args, **kwargs)
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
 
 
 @dataclass

@@ -25,13 +25,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.layers import Mlp, PatchEmbed, SwiGLU, trunc_normal_
+from timm.layers import Mlp, PatchEmbed, SwiGLU
 from torch import nn
 
 from normfree_bench.config import ModelConfig
 from normfree_bench.core.baseline import Baseline, NormSite, ResidualSite
-
-INIT_STD = 0.02  # GPT-2's default init
+from normfree_bench.core.inits import NETWORK_INITS
 
 
 def rotary_tables(n_tokens: int, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,26 +175,19 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """GPT-2 default init, then the baseline's own `init_`."""
-        out_std = INIT_STD / math.sqrt(2 * self.config.n_layers)
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding, nn.Conv2d)):
-                trunc_normal_(module.weight, std=INIT_STD)
-                if getattr(module, "bias", None) is not None:
-                    nn.init.zeros_(module.bias)
-        for _, role, linear in self.branch_linears():
-            if role in ("attn_out", "mlp_out"):
-                trunc_normal_(linear.weight, std=out_std)
-        if self.pos_emb is not None:
-            trunc_normal_(self.pos_emb, std=INIT_STD)
+        """The network's init (``model.init``: the shared GPT-2 rule, or the rule the baseline's paper
+        uses, `Baseline.network_init`), then the baseline's own `init_`."""
+        rule = "gpt2" if self.config.init == "shared" else self.baseline.network_init()
+        NETWORK_INITS[rule](self)
         self.baseline.init_(self)
 
     def embed(self, inputs: torch.Tensor) -> torch.Tensor:
         """Token ids (B, T) or images (B, C, H, W) to the residual stream (B, T, d)."""
         x = self.patch_embed(inputs) if self.config.task == "vit" else self.tok_emb(inputs)
-        if self.pos_emb is not None:
-            x = x + self.pos_emb[:, : x.shape[1]]
-        return self.embed_scale(x)
+        if self.pos_emb is None:
+            return self.embed_scale(x)
+        pos = self.pos_emb[:, : x.shape[1]]
+        return self.embed_scale(x + pos) if self.baseline.scale_positions else self.embed_scale(x) + pos
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:

@@ -16,7 +16,10 @@ from typing import Any
 
 import optuna
 
+from normfree_bench.config import RunConfig
+from normfree_bench.core.registry import get_baseline
 from normfree_bench.data.task import load_data, trivial_loss
+from normfree_bench.errors import UserError
 from normfree_bench.io import atomic_write_text, jsonable, write_csv, write_json
 from normfree_bench.store.rundir import (
     load_trials,
@@ -86,8 +89,23 @@ def collect(record: dict[str, Any], storage: optuna.storages.BaseStorage
 def leaderboard_rows(record: dict[str, Any], records: list[dict], trivial: float) -> list[dict[str, Any]]:
     if not records:
         return []
-    sweep = run_config(record).sweep
-    return summarize(records, run_l0(record), trivial, axes=run_axes(record), reference=sweep.reference, sweep=sweep)
+    cfg = run_config(record)
+    inits = {name: init_label(cfg, name) for name in dict.fromkeys(r["baseline"] for r in records)}
+    return summarize(records, run_l0(record), trivial, axes=run_axes(record), reference=cfg.sweep.reference,
+                     sweep=cfg.sweep, inits=inits)
+
+
+def init_label(cfg: RunConfig, baseline: str) -> str:
+    """``paper: xavier``, ``shared: gpt2``, ``paper: timm (timm:vit_tiny_patch16_224)``: the network init a
+    baseline trained from (``paper`` alone when its plugin is not loaded here)."""
+    backbone = f" ({cfg.model.backbone})" if cfg.model.backbone != "native" else ""
+    if cfg.model.init == "shared":
+        return f"shared: gpt2{backbone}"
+    try:
+        rule = get_baseline(baseline)(cfg.model, **cfg.baseline_hparams(baseline)).network_init()
+    except UserError:
+        return f"paper{backbone}"
+    return f"paper: {'timm' if backbone else rule}{backbone}"
 
 
 def read_tables(run_dir: Path, storage_url: str | None = None) -> RunTables:

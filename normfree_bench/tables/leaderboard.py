@@ -67,7 +67,7 @@ DIVERGED = "failed: diverged"
 
 #: Row keys of :func:`summarize`, in order; the caller's axis names follow ``baseline``.
 LEADERBOARD_COLUMNS: tuple[str, ...] = (
-    "baseline", "verdict", "best_val_loss", "best_val_loss_std", "best_val_loss_ci95", "tuning_seeds",
+    "baseline", "verdict", "init", "best_val_loss", "best_val_loss_std", "best_val_loss_ci95", "tuning_seeds",
     "best_lr", "best_lr_censored", "best_lr_edge", "heldout_loss", "heldout_loss_std", "heldout_loss_ci95",
     "heldout_seeds", "p_vs_reference", "lr_sensitivity", "lr_basin_decades", "lr_basin_censored", "max_stable_lr",
     "max_stable_lr_censored", "diverged", "diverged_count", "stalled", "stalled_count", "spiked", "spiked_count",
@@ -79,6 +79,8 @@ LEADERBOARD_COLUMNS: tuple[str, ...] = (
 COLUMN_DOCS: dict[str, str] = {
     "verdict": "trained, 'failed: no learning' (best loss not below the trivial loss by trained_margin) or "
                "'failed: diverged' (every trial diverged)",
+    "init": "the network's init: model.init (paper or shared) and the rule it resolved to for this baseline "
+            "(gpt2, llama, timm, xavier, lecun; README 'Init')",
     "best_val_loss": "nats: mean final validation loss (capped at l0) over the tuning seeds at best_lr; chosen on "
                      "these seeds, so optimistic",
     "best_val_loss_std": "nats: sample std over those seeds; empty with one seed",
@@ -350,11 +352,13 @@ def _cell_row(baseline: str, axes: Sequence[str], cell: Cell, tune: Sequence[Rec
 
 
 def summarize(records: Sequence[Record], l0: float, trivial: float, *, axes: Sequence[str] = (),
-              reference: str = REFERENCE, sweep: SweepConfig | None = None) -> list[dict[str, Any]]:
+              reference: str = REFERENCE, sweep: SweepConfig | None = None,
+              inits: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Leaderboard rows, one per (baseline, *axis values) cell: the reference first, then the other
     baselines in order of first appearance, each baseline's cells by axis value (numbers ascending, then
     strings, then None). ``sweep`` holds the settings (``trained_margin``, ``sensitivity_window``,
-    ``basin_tol``, ``target_loss``, ``target_tol``; defaults when None).
+    ``basin_tol``, ``target_loss``, ``target_tol``; defaults when None); ``inits`` labels each baseline's
+    network init (the ``init`` column).
 
     A reference record lacking an axis key (value None) is the reference of every value of that axis,
     so ``layernorm`` without ``alpha_init`` is compared with every ``dyt.alpha_init`` cell. Raises
@@ -373,6 +377,8 @@ def summarize(records: Sequence[Record], l0: float, trivial: float, *, axes: Seq
         (held if rec.get("phase", "tune") == "eval" else tune).setdefault(key, []).append(rec)
     keys = sorted(tune, key=lambda k: (order.index(k[0]), _axis_sort_key(k[1])))
     rows = {k: _cell_row(k[0], axes, k[1], tune[k], held.get(k, []), l0, trivial, s) for k in keys}
+    for (name, _), row in rows.items():
+        row["init"] = (inits or {}).get(name)
 
     def reference_of(cell: Cell) -> tuple[str, Cell] | None:
         return next((k for k in keys if k[0] == reference

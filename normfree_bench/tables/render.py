@@ -27,10 +27,10 @@ from normfree_bench.tables.leaderboard import LEADERBOARD_COLUMNS
 
 FORMATS = ("github", "psql", "latex", "html", "csv", "json")
 # Columns a reader needs in a text table, in order; CSV/JSON carry every column.
-TEXT_COLUMNS = ("baseline", "verdict", "best_val_loss", "tuning_seeds", "best_lr", "heldout_loss", "heldout_seeds",
-                "p_vs_reference", "best_val_accuracy", "heldout_accuracy", "lr_sensitivity", "lr_basin_decades",
-                "max_stable_lr", "diverged", "stalled", "spiked", "steps_to_target", "target_reached",
-                "tokens_per_s", "params")
+TEXT_COLUMNS = ("baseline", "verdict", "init", "best_val_loss", "tuning_seeds", "best_lr", "heldout_loss",
+                "heldout_seeds", "p_vs_reference", "best_val_accuracy", "heldout_accuracy", "lr_sensitivity",
+                "lr_basin_decades", "max_stable_lr", "diverged", "stalled", "spiked", "steps_to_target",
+                "target_reached", "tokens_per_s", "params")
 OPTIONAL = ("heldout_loss", "heldout_seeds", "p_vs_reference", "best_val_accuracy", "heldout_accuracy")  # if used
 CENSORED = {"max_stable_lr": "max_stable_lr_censored", "lr_basin_decades": "lr_basin_censored"}  # shown as ">= x"
 
