@@ -82,6 +82,9 @@ def world(root: Path) -> dict[str, Path]:
         "mlp_inf": {"model": {"mlp_ratio": float("inf")}}, "wd_nan": {"train": {"weight_decay": float("nan")}},
         "beta1_2": {"train": {"beta1": 2}}, "threads_neg": {"train": {"threads": -1}},
         "axis_hparam_type": {"sweep": {"axes": {"dyt.alpha_init": ["big"]}, "baselines": ["dyt"]}},
+        "eval_seeds_neg": {"sweep": {"eval_seeds": -1}},
+        "window_upside_down": {"sweep": {"sensitivity_window": [0.3, 3e-4]}},
+        "target_tol_neg": {"sweep": {"target_tol": -0.1}},
     }.items():
         config(name, **sections)
     (configs / "dup_train.yaml").write_text(w["base"].read_text() + "train: {steps: 3}\n")
@@ -158,6 +161,12 @@ CASES = [
     pytest.param(["leaderboard", f"{R}/P", f"{R}/P/"], ["given twice"], id="leaderboard-same-run-twice"),
     pytest.param(["run", "--config", f"{C}/mlp_tiny.yaml", "--out", f"{R}/fresh1"], ["mlp_ratio", "width 0"],
                  id="mlp-ratio-zero-width"),
+    pytest.param(["run", "--config", f"{C}/eval_seeds_neg.yaml", "--out", f"{R}/fresh1"],
+                 ["sweep.eval_seeds", ">= 0"], id="eval-seeds-negative"),
+    pytest.param(["run", "--config", f"{C}/window_upside_down.yaml", "--out", f"{R}/fresh1"],
+                 ["sweep.sensitivity_window", "0 < low < high"], id="sensitivity-window-upside-down"),
+    pytest.param(["run", "--config", f"{C}/target_tol_neg.yaml", "--out", f"{R}/fresh1"],
+                 ["sweep.target_tol", "[0, 1)"], id="target-tol-negative"),
     # ---- inputs that used to end in a traceback or a FAIL per trial ----
     pytest.param(["run", "--config", f"{C}/vocab_10.yaml", "--out", f"{R}/fresh1"],
                  ["model.vocab_size is 10", "256"], id="vocab-below-corpus-run"),
