@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import torch
 
+from normfree_bench.cli import main
+
 # Fixtures that run a whole sweep, analysis or report, and tests that start a fresh interpreter (a few
 # seconds each): they make up the slow tier; `pytest -m "not slow"` runs everything else.
 SLOW_FIXTURES = {"smoke", "smoke_dir", "analyzed", "report", "plugin_run", "uninterrupted"}
@@ -95,3 +97,19 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def smoke_dir(smoke: dict[str, Any]) -> Path:
     return smoke["dir"]
+
+
+def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
+    """Every path under root with its bytes (files) and mtime."""
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else b"<dir>", p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*"))}
+
+
+def cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    capsys.readouterr()
+    try:
+        rc = main(argv)
+    except SystemExit as exc:
+        rc = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return rc, out, err

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from normfree_bench.cli import main
 from normfree_bench.tables.render import sort_rows
-from tests.conftest import private_cache, write_word_corpus
+from tests.conftest import cli, private_cache, snapshot, write_word_corpus
 
 BASE = {
     "model": {"d_model": 16, "n_layers": 1, "n_heads": 2, "context_length": 16},
@@ -29,22 +29,6 @@ BASE = {
     "guard": {"patience": 3},
     "sweep": {"lrs": [0.01], "seeds": 1, "eval_seeds": 0, "baselines": ["layernorm"]},
 }
-
-
-def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
-    """Every path under root with its bytes (files) and mtime."""
-    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else b"<dir>", p.stat().st_mtime_ns)
-            for p in sorted(root.rglob("*"))}
-
-
-def cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        rc = main(argv)
-    except SystemExit as exc:
-        rc = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 @pytest.fixture(scope="module")

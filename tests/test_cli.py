@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from normfree_bench.cli import main
-from tests.conftest import private_cache, write_word_corpus
+from tests.conftest import cli, private_cache, snapshot, write_word_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 BUILTINS = ["layernorm", "dyt", "fixup", "nf", "rezero", "rmsnorm", "skipinit"]
@@ -45,22 +45,6 @@ def tiny_cfg(corpus: str, **sections: dict) -> dict:
 def dump(path: Path, cfg: dict) -> Path:
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
-
-
-def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
-    """Every path under root with its bytes (files) and mtime."""
-    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else b"<dir>", p.stat().st_mtime_ns)
-            for p in sorted(root.rglob("*"))}
-
-
-def cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        rc = main(argv)
-    except SystemExit as exc:  # argparse usage errors exit instead of returning
-        rc = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def subprocess_cli(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
