@@ -328,3 +328,20 @@ def test_a_trial_interrupted_while_suggesting_is_retried_once_at_its_whole_point
     retry = waiting[0].system_attrs["fixed_params"]
     assert set(retry) == {"lr", "seed"} and retry["lr"] == lr  # the point it was interrupted at
     assert open_points(study, space) == 3  # three done; the retry is queued, not done
+
+
+def test_start_gate_holds_a_worker_until_all_are_ready(tmp_path, monkeypatch):
+    from normfree_bench.sweep.worker import wait_at_start_gate
+
+    monkeypatch.setenv("NORMFREE_BENCH_START_GATE", str(tmp_path))
+    monkeypatch.setenv("NORMFREE_BENCH_START_COUNT", "2")
+    start = time.monotonic()
+    wait_at_start_gate(timeout=0.5)  # alone at the gate: held until the timeout
+    assert time.monotonic() - start >= 0.5 and len(list(tmp_path.iterdir())) == 1
+    monkeypatch.setenv("NORMFREE_BENCH_START_GATE", str(tmp_path))
+    monkeypatch.setenv("NORMFREE_BENCH_START_COUNT", "2")
+    (tmp_path / "other-worker").touch()
+    start = time.monotonic()
+    wait_at_start_gate(timeout=30)  # the other worker is ready: passes at once
+    assert time.monotonic() - start < 10
+    wait_at_start_gate(timeout=30)  # once per process: the variables are consumed

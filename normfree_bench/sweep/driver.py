@@ -19,9 +19,11 @@ interrupted trials are re-run from their start (normfree_bench.sweep.worker).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -231,8 +233,9 @@ def run_workers(url: str, run_name: str, workers: int, device: str, threads: int
     """``workers`` worker processes on this machine: one GPU each on CUDA, the CPU threads split on CPU."""
     per_worker = max(1, (threads or os.cpu_count() or 1) // workers)
     procs = []
+    gate = tempfile.mkdtemp(prefix="nfb-start-")
     for i in range(workers):
-        env = dict(os.environ)
+        env = {**os.environ, "NORMFREE_BENCH_START_GATE": gate, "NORMFREE_BENCH_START_COUNT": str(workers)}
         if device == "cuda":
             env["CUDA_VISIBLE_DEVICES"] = str(i % max(1, torch.cuda.device_count()))
         cmd = [sys.executable, "-m", "normfree_bench", "worker", "--storage", url, "--study", run_name,
@@ -249,6 +252,8 @@ def run_workers(url: str, run_name: str, workers: int, device: str, threads: int
         for p in procs:
             p.wait()
         raise
+    finally:
+        shutil.rmtree(gate, ignore_errors=True)
     bar.n = count_done()
     bar.refresh()
     failed = [p.returncode for p in procs if p.returncode != 0]

@@ -13,6 +13,9 @@ that keep every grid point done exactly once:
 - A grid point is *done* once it has a COMPLETE trial, or a FAIL that recorded an ``error`` (a real
   crash, not re-run). A trial that finds its point already done or running elsewhere ends PRUNED with
   ``duplicate=True`` before training; tables ignore PRUNED trials.
+- Workers that ``run --workers N`` starts together wait for each other once their data is loaded (a
+  start gate: a folder named by ``NORMFREE_BENCH_START_GATE`` and a count in
+  ``NORMFREE_BENCH_START_COUNT``), so one that imports faster does not take the whole grid alone.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import time
 from collections.abc import Callable, Sequence
 from itertools import product
+from pathlib import Path
 
 import lightning.pytorch as pl
 import optuna
@@ -160,6 +165,19 @@ def optimize_study(study: optuna.Study, cfg: RunConfig, baseline: str, space: Sp
         raise
 
 
+def wait_at_start_gate(timeout: float = 120.0) -> None:
+    """Once per process: mark this worker ready in the start gate and wait (at most ``timeout`` s) until
+    every worker started with it is ready. Without the gate variables, return at once."""
+    folder, count = os.environ.pop("NORMFREE_BENCH_START_GATE", None), os.environ.pop("NORMFREE_BENCH_START_COUNT", "1")
+    if not folder:
+        return
+    gate = Path(folder)
+    (gate / str(os.getpid())).touch()
+    deadline = time.monotonic() + timeout
+    while sum(1 for _ in gate.iterdir()) < int(count) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def work_on_run(storage: optuna.storages.BaseStorage, run_name: str, threads: int = 0,
                 on_start: Callable[[str], None] | None = None, on_trial: Callable[[], None] | None = None) -> None:
     """What a worker does: every study of the run in turn, until all grid points are done."""
@@ -174,4 +192,5 @@ def work_on_run(storage: optuna.storages.BaseStorage, run_name: str, threads: in
         if threads:
             torch.set_num_threads(threads)
             cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))
+        wait_at_start_gate()
         optimize_study(study, cfg, baseline, space, on_start=on_start, on_trial=on_trial)
