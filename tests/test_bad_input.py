@@ -310,3 +310,27 @@ def test_train_records_what_it_resolved_and_refuses_another_configs_output(world
     rc, _, err = cli(["train", "--config", str(world["base"]), "--lr", "0.02", "--out", str(out), "--no-progress"],
                      capsys)
     assert rc == 2 and "another config" in err and snapshot(out) == before
+
+
+def test_a_baseline_whose_forward_raises_is_refused_before_any_trial(world: dict[str, Path], capsys,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The preflight builds every baseline of the grid and runs one forward pass before the sweep."""
+    from normfree_bench.core import registry
+
+    for name in ("_REGISTRY", "_SOURCES", "_LOADED_FILES"):  # the plugin stays out of the other tests
+        monkeypatch.setattr(registry, name, type(getattr(registry, name))(getattr(registry, name)))
+    root = world["root"]
+    plugin = root / "boom_plugin.py"
+    plugin.write_text(
+        "from torch import nn\nfrom normfree_bench import Baseline, register_baseline\n\n\n"
+        "class Boom(nn.Module):\n    def forward(self, x):\n        raise RuntimeError('boom in forward')\n\n\n"
+        "@register_baseline\nclass BoomNorm(Baseline):\n    name = 'boomnorm'\n    description = 'forward raises'\n"
+        "    paper = 'https://example.org/boom'\n\n    def norm(self, dim, site, layer_idx, n_layers):\n"
+        "        return Boom()\n")
+    before = snapshot(root)
+    rc, out, err = cli(["run", "--config", str(world["base"]), "--plugin", str(plugin), "--baselines",
+                        "layernorm,boomnorm", "--out", str(root / "boom-run"), "--no-progress"], capsys)
+    assert rc == 2, err
+    assert err.strip() == ("error: baseline 'boomnorm' fails before training (RuntimeError: boom in forward); "
+                           "check it with `normfree-bench baselines check boomnorm`")
+    assert snapshot(root) == before and not (root / "boom-run").exists()  # not even layernorm was trained

@@ -268,17 +268,27 @@ def postgres() -> Iterator[str]:
 
 def test_postgres_study_shared_by_run_and_a_separate_worker(root, postgres):
     out = root / "pg"
-    cfg = config(root, "pg", steps=30, lrs=[0.001, 0.003, 0.01, 0.03], baselines=["layernorm", "skipinit"])
+    cfg = config(root, "pg", steps=60, lrs=[0.001, 0.003, 0.01, 0.03], baselines=["layernorm", "skipinit"])
+    # The separate worker imports while the run starts, then waits for its command line on stdin, so
+    # that the run cannot finish the grid alone while the worker is still importing torch.
+    worker = subprocess.Popen([sys.executable, "-c", "import sys\nfrom normfree_bench.cli import main\n"
+                               "sys.exit(main(sys.stdin.readline().split()))"], cwd=REPO, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     run = cli("run", "--config", str(cfg), "--out", str(out), "--storage", postgres, "--no-progress")
     wait_for(lambda: (out / "config.yaml").is_file())
     run_name = yaml.safe_load((out / "config.yaml").read_text())["run_name"]
-    time.sleep(1.0)  # let the run create its studies
-    worker = cli("worker", "--storage", postgres, "--study", run_name, "--threads", "1", "--no-progress")
+    storage = optuna.storages.RDBStorage(postgres)
+    wait_for(lambda: len(optuna.study.get_all_study_summaries(storage, include_best_trial=False)) == 2)
+    assert worker.stdin is not None
+    worker.stdin.write(f"worker --storage {postgres} --study {run_name} --threads 1 --no-progress\n")
+    worker.stdin.close()
     assert worker.wait(timeout=600) == 0, worker.stderr.read()
     assert run.wait(timeout=600) == 0, run.stderr.read()
     trials = study_trials(out, postgres)
     counts = complete_counts(trials)
     assert len(counts) == 8 and set(counts.values()) == {1}
+    done_by = {t.user_attrs["worker"] for t in trials if t.state.name == "COMPLETE"}
+    assert f"{socket.gethostname()}:{worker.pid}" in done_by and len(done_by) == 2  # both did work
     # The password is never written: not in config.yaml, provenance.json or any table.
     for path in out.rglob("*"):
         if path.is_file() and path.suffix in (".yaml", ".json", ".csv", ".md"):
