@@ -25,11 +25,13 @@ From the NF code:
 - no weight decay on any gain or bias (NFNets' ``pred_gb``: names with ``gain``/``bias``, the skip
   gains included), whatever its shape: the Scaled-WS gains have shape (out, 1), which the harness's
   1-D rule alone would decay.
-- the rest of the network (``model.init: paper``): fan-in VarianceScaling(1.0) weights (Haiku's
-  truncated-normal default, the ``lecun`` rule of normfree_bench.core.inits; Scaled WS standardises the
-  branch weights anyway) and a unit-variance token embedding, so sigma_0^2 is about 1 as in the NF
-  bookkeeping; the head N(0, 0.01) (NFNets' classifier init). ``model.init: shared`` keeps the harness's
-  GPT-2 init (then sigma_0^2 is about 0.02^2 and the first branch sees its input scaled up accordingly).
+- the rest of the network (``model.init: paper``): Haiku's defaults, the ``lecun`` rule of
+  normfree_bench.core.inits: weights from a normal of std 1/sqrt(fan_in) cut at +-2 std and not rescaled
+  (``hk.initializers.TruncatedNormal``, so the variance is 0.774/fan_in; Scaled WS standardises the branch
+  weights anyway) and ``hk.Embed``'s std-1 truncated normal for the token embedding (variance 0.774), so
+  sigma_0^2 is about 0.77 and 1/beta_1 about 1.14 (measured, not assumed: see below); the head
+  N(0, 0.01) (NFNets' classifier init). ``model.init: shared`` keeps the harness's GPT-2 init (then
+  sigma_0^2 is about 0.02^2 and the first branch sees its input scaled up accordingly).
 
 AGC under AdamW: Adam divides each update by a running RMS of the gradient, so AGC's rescaling of a
 unit's gradient changes Adam's step only where the rescaling factor varies between steps; NFNets pair

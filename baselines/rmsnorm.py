@@ -5,11 +5,15 @@ Usage: ``normfree-bench train --baseline rmsnorm``
 Paper: Zhang & Sennrich 2019, "Root Mean Square Layer Normalization",
 https://arxiv.org/abs/1910.07467. ``y = gamma * x / sqrt(mean(x^2) + eps)``: no mean subtraction and
 no beta. eps = 1e-6 as HF ``LlamaRMSNorm`` (the DyT efficiency benchmark's baseline); ``torch.nn.RMSNorm``.
+``check_init``: every site is that RMSNorm, gamma = 1, eps = 1e-6, on the batch's streams.
 """
 
 from torch import nn
 
 from normfree_bench import Baseline, register_baseline
+from normfree_bench.core.invariants import sites_normalize
+
+EPS = 1e-6
 
 
 @register_baseline
@@ -19,4 +23,7 @@ class RMSNorm(Baseline):
     paper = "https://arxiv.org/abs/1910.07467"
 
     def norm(self, dim: int, site: str, layer_idx: int, n_layers: int) -> nn.Module:
-        return nn.RMSNorm(dim, eps=1e-6)
+        return nn.RMSNorm(dim, eps=EPS)
+
+    def check_init(self, model, batch):
+        return sites_normalize(model, batch, "rmsnorm", eps=EPS)

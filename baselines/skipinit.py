@@ -13,10 +13,10 @@ Choices:
 - No norm at any site, including the final one (the reference network has no normalization).
 - The head is zero-initialised, as the reference ResNet's classifier (``fc_init=jnp.zeros``).
 - The rest of the network (``model.init: paper``): the reference builds every layer with Haiku's
-  default, a fan-in truncated normal (std 1/sqrt(fan_in)) for convolutions and linears with zero
-  biases, and ``hk.Embed``'s unit-variance truncated normal for embeddings: the ``lecun`` rule of
-  normfree_bench.core.inits (no SkipInit Transformer exists; this is the same group's init applied to
-  this Transformer). ``model.init: shared`` gives the harness's GPT-2 init instead.
+  default, a normal of std 1/sqrt(fan_in) cut at +-2 std without rescaling (variance 0.774/fan_in) for
+  convolutions and linears with zero biases, and ``hk.Embed``'s std-1 truncated normal for embeddings:
+  the ``lecun`` rule of normfree_bench.core.inits (no SkipInit Transformer exists; this is the same
+  group's init applied to this Transformer). ``model.init: shared`` gives the harness's GPT-2 init instead.
 """
 
 import torch

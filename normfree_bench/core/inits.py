@@ -101,7 +101,8 @@ def init_xavier(model: ModelView) -> None:
 
 
 def init_lecun(model: ModelView) -> None:
-    """Haiku's default: fan-in truncated normal weights, unit-variance token embedding, zero biases."""
+    """Haiku's defaults (``hk.initializers.TruncatedNormal``: a normal cut at +-2 std, not rescaled, so the
+    variance is 0.774 std^2): std 1/sqrt(fan_in) weights, a std-1 token embedding, zero biases."""
     for module in _weights(model, (nn.Linear, nn.Conv2d)):
         std = 1.0 / math.sqrt(module.weight[0].numel())
         trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
