@@ -497,10 +497,13 @@ def test_moved_run_dir_still_readable(env_root: Path, corpus_file: Path, capsys:
     src, dst = env_root / "to-move", env_root / "moved"
     rc, _, err = cli(["run", "--config", str(cfg), "--out", str(src), "--no-progress"], capsys)
     assert rc == 0, err
+    rc, before, err = cli(["leaderboard", str(src), "--format", "json"], capsys)
+    assert rc == 0, err
     src.rename(dst)
     rc, out, err = cli(["leaderboard", str(dst), "--format", "json"], capsys)
     assert rc == 0, err
     assert [r["baseline"] for r in json.loads(out)] == ["layernorm"]
+    assert json.loads(out) == json.loads(before)  # every figure, read from the moved study
 
 
 # ---- overrides compose --------------------------------------------------------------------------
