@@ -173,12 +173,13 @@ def welch_less(a: Sequence[float], b: Sequence[float]) -> float | None:
     return float(stats.ttest_ind(xa, xb, equal_var=False, alternative="less").pvalue)
 
 
-def mean_std_ci(values: Sequence[float]) -> tuple[float, float, float | None]:
-    """Mean, sample std (nan for one value) and the 95 % t-interval half-width (None for one value)."""
+def mean_std_ci(values: Sequence[float]) -> tuple[float, float | None, float | None]:
+    """Mean, sample std and the 95 % t-interval half-width; both None for one value (every table
+    writes them empty, as documented, rather than ``nan``)."""
     n = len(values)
     mean = float(np.mean(values))
     if n < 2:
-        return mean, math.nan, None
+        return mean, None, None
     std = float(np.std(values, ddof=1))
     return mean, std, float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
 
