@@ -41,7 +41,29 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
+def _import_builtins_under_their_file_names() -> None:
+    """Under mutation testing only (mutmut sets MUTANT_UNDER_TEST): import each built-in baseline as
+    ``baselines.<stem>``, the module name mutmut derives from its path, so that its mutants are traced
+    to the tests that run them (the registry would import it as ``normfree_bench_plugins.<stem>_<hash>``)."""
+    import importlib.util
+
+    from normfree_bench.core import registry
+
+    for path in sorted(registry.builtin_dir().glob("*.py")):
+        name = f"baselines.{path.stem}"
+        if path.name.startswith("_") or name in sys.modules:
+            continue
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        registry._LOADED_FILES.add(path.resolve())  # discover() then finds it loaded
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    if "MUTANT_UNDER_TEST" in os.environ:
+        _import_builtins_under_their_file_names()
     # One on-disk corpus cache per test session, outside the user's cache.
     if "NORMFREE_BENCH_CACHE" not in os.environ:
         import tempfile

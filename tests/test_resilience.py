@@ -341,17 +341,18 @@ def test_a_trial_interrupted_while_suggesting_is_retried_once_at_its_whole_point
 
 
 def test_start_gate_holds_a_worker_until_all_are_ready(tmp_path, monkeypatch):
+    import threading
+
     from normfree_bench.sweep.worker import wait_at_start_gate
 
     monkeypatch.setenv("NORMFREE_BENCH_START_GATE", str(tmp_path))
     monkeypatch.setenv("NORMFREE_BENCH_START_COUNT", "2")
-    start = time.monotonic()
-    wait_at_start_gate(timeout=0.5)  # alone at the gate: held until the timeout
-    assert time.monotonic() - start >= 0.5 and len(list(tmp_path.iterdir())) == 1
-    monkeypatch.setenv("NORMFREE_BENCH_START_GATE", str(tmp_path))
-    monkeypatch.setenv("NORMFREE_BENCH_START_COUNT", "2")
+    waiter = threading.Thread(target=wait_at_start_gate, kwargs={"timeout": 120.0})
+    waiter.start()
+    wait_for(lambda: len(list(tmp_path.iterdir())) == 1)  # this worker is at the gate ...
+    waiter.join(timeout=0.5)
+    assert waiter.is_alive()  # ... and held there while the other is not ready
     (tmp_path / "other-worker").touch()
-    start = time.monotonic()
-    wait_at_start_gate(timeout=30)  # the other worker is ready: passes at once
-    assert time.monotonic() - start < 10
-    wait_at_start_gate(timeout=30)  # once per process: the variables are consumed
+    waiter.join(timeout=60)
+    assert not waiter.is_alive()  # the other is ready: both go
+    assert "NORMFREE_BENCH_START_GATE" not in os.environ  # once per process: a later study does not wait

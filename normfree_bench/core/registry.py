@@ -57,14 +57,18 @@ def register_baseline(cls: type[Baseline]) -> type[Baseline]:
 
 
 def builtin_dir() -> Path:
-    """The folder of built-in baselines: $NORMFREE_BENCH_BASELINES or the shipped ``baselines/``."""
+    """The folder of built-in baselines: $NORMFREE_BENCH_BASELINES, else the ``baselines/`` of the source
+    checkout this package was imported from, else the installed package's copy."""
     env = os.environ.get("NORMFREE_BENCH_BASELINES")
     if env:
         return Path(env)
+    checkout = Path(__file__).resolve().parent.parent.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "baselines" / "dyt.py").is_file():
+        return checkout / "baselines"  # a source checkout (or a copy of one): its own folder
     spec = importlib.util.find_spec("normfree_bench.builtin_baselines")
     if spec and spec.submodule_search_locations:
         return Path(next(iter(spec.submodule_search_locations)))
-    return Path(__file__).resolve().parent.parent / "baselines"
+    return checkout / "baselines"
 
 
 def load_plugin(path: str | Path) -> list[str]:
