@@ -290,3 +290,56 @@ def test_text_tables_show_failed_cells_empty_with_their_note() -> None:
     cells = [c.strip() for c in dyt.strip("|").split("|")]
     assert cells[1] == "failed: no learning" and cells.count("-") >= 4
     assert "dyt: failed: no learning: robustness figures are left out" in text
+
+
+def test_sort_key_orders_numbers_then_counts_then_text_then_missing() -> None:
+    """``--sort``: numbers by value (booleans as 0/1), ``k/N`` by its fraction then k, text by the text,
+    None and NaN last; one list holding every kind sorts into exactly this order."""
+    from normfree_bench.tables.render import sort_key
+
+    values = ["b", None, "2/4", 3.5, "1/4", math.nan, True, "a", "1/2", -1, " 3 / 3 ", "0/0", 0.25]
+    ordered = sorted(values, key=sort_key)
+    assert ordered[:4] == [-1, 0.25, True, 3.5]
+    assert ordered[4:9] == ["1/4", "1/2", "2/4", " 3 / 3 ", "0/0"]  # 0/0 has no fraction: after every count
+    assert ordered[9:11] == ["a", "b"]
+    assert ordered[11] is None and math.isnan(ordered[12])
+    assert sort_key(False) < sort_key(True) < sort_key(2) and sort_key("1/2") < sort_key("2/4")
+    assert sort_key(None) == sort_key(math.nan) and sort_key("x/2") == (2, "x/2")
+
+
+def test_trials_at_best_lr_are_the_complete_tuning_trials_of_the_row_cell() -> None:
+    from normfree_bench.tables.leaderboard import trials_at_best_lr
+
+    def t(lr: float, seed: int, **kw: Any) -> dict[str, Any]:
+        return {"baseline": kw.pop("baseline", "dyt"), "lr": lr, "seed": seed, "alpha": kw.pop("alpha", 0.5), **kw}
+
+    keep = [t(0.01, 0), t(0.01, 1, status="COMPLETE", phase="tune")]
+    others = [t(0.03, 0), t(0.01, 2, status="FAIL"), t(0.01, 3, phase="eval"), t(0.01, 4, baseline="layernorm"),
+              t(0.01, 5, alpha=1.0), t("0.01", 6, status="PRUNED")]
+    rows = [{"baseline": "dyt", "alpha": 0.5, "best_lr": 0.01}, {"baseline": "dyt", "alpha": 1.0, "best_lr": 0.01}]
+    first, second = trials_at_best_lr(rows, [*others, *keep], axes=["alpha"])
+    assert first == keep and [x["seed"] for x in second] == [5]
+    assert trials_at_best_lr(rows[:1], [*others, *keep], axes=[])[0] == [*[x for x in others if x["seed"] == 5],
+                                                                        *keep]  # no axis: alpha is not compared
+
+
+def test_chosen_cells_pick_each_cells_arg_min_lr_with_ties_to_the_smaller() -> None:
+    """The held-out phase's choice: per (baseline, axis values) cell, the LR of the lowest mean capped loss."""
+    from normfree_bench.sweep.selection import chosen_cells
+
+    l0 = 5.0
+
+    def r(name: str, alpha: float | None, lr: float, loss: float, diverged: bool = False) -> dict[str, Any]:
+        return {"baseline": name, "alpha": alpha, "lr": lr, "final_val_loss": loss, "diverged": diverged}
+
+    records = [
+        r("dyt", 0.5, 0.01, 3.0), r("dyt", 0.5, 0.01, 2.0), r("dyt", 0.5, 0.03, 2.4), r("dyt", 0.5, 0.03, 2.4),
+        r("dyt", 1.0, 0.01, 9.0), r("dyt", 1.0, 0.03, 1.0, diverged=True), r("dyt", 1.0, 0.1, 4.0),
+        r("layernorm", None, 0.003, 2.0), r("layernorm", None, 0.01, 2.0), r("layernorm", None, 0.001, math.nan),
+    ]
+    assert chosen_cells(records, ["alpha"], l0) == {("dyt", (0.5,)): 0.03,  # means 2.5 vs 2.4
+                                                    ("dyt", (1.0,)): 0.1,  # 9 caps to 5, diverged counts as 5
+                                                    ("layernorm", (None,)): 0.003}  # tie: the smaller LR
+    merged = chosen_cells(records, [], l0)
+    assert set(merged) == {("dyt", ()), ("layernorm", ())}
+    assert merged[("dyt", ())] == 0.03  # (2.4 * 2 + 5) / 3 = 3.27 < (3 + 2 + 5) / 3 = 3.33 and 0.1's 4.0

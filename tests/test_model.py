@@ -124,3 +124,15 @@ def test_a_baseline_instance_can_be_passed_instead_of_a_name() -> None:
     baseline = get_baseline("dyt")(LM, alpha_init=0.3)
     model = build_model(baseline, LM)
     assert model.baseline is baseline and model.blocks[0].norm_attn.alpha.item() == pytest.approx(0.3)
+
+
+def test_layer_reprs_name_their_settings() -> None:
+    """``print(model)`` and ``baselines check`` show each point-wise norm's and gate's settings."""
+    from normfree_bench.core.layers import GatedResidual, PointwiseNorm
+
+    norm = PointwiseNorm(8, nn.Tanh(), alpha_init=0.25, bias=True)
+    assert norm.extra_repr() == "alpha_init=0.25, bias=True"
+    shifted = PointwiseNorm(8, nn.Tanh(), alpha_init=2.0, bias=False, shift=0.5)
+    assert shifted.extra_repr() == "alpha_init=2, bias=False, shift_init=0.5"
+    assert GatedResidual(nn.Parameter(torch.zeros(4))).extra_repr() == "shape=(4,), learnable=True"
+    assert GatedResidual(torch.zeros(1)).extra_repr() == "shape=(1,), learnable=False"

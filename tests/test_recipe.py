@@ -478,3 +478,27 @@ def test_invariants_check_catches_a_site_that_is_not_the_documented_norm(baselin
     site = breakage(model)
     problems = model.baseline.check_init(model, batch)
     assert len(problems) == 1 and problems[0].startswith(site), problems
+
+
+def test_timm_rule_for_the_vit_is_0_02_linears_zero_biases_and_the_default_patch_convolution() -> None:
+    """timm's ViT init (layernorm on the ViT, ``model.init: paper``): every Linear N(0, 0.02) truncated at
+    +-2 (absolute, so the realised std is 0.02), zero biases, positions 0.02, and the patch convolution at
+    PyTorch's default, kaiming-uniform with a = sqrt(5): U(-1/sqrt(fan_in), 1/sqrt(fan_in)), std
+    1/sqrt(3 fan_in)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(task="vit", d_model=WIDE, n_layers=2, n_heads=4, image_size=32, patch_size=4, in_chans=3,
+                      num_classes=10, init="paper")
+    model = build_model("layernorm", cfg)
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert len(linears) == 2 * 4 + 1  # qkv, attention out, MLP in and out per block, the head
+    for linear in linears:
+        if linear.weight.numel() >= 10_000:
+            assert std(linear.weight) == pytest.approx(INIT_STD, rel=0.03)
+        assert float(linear.weight.detach().abs().max()) <= 2.0  # timm cuts at +-2, absolute
+        if linear.bias is not None:
+            assert not linear.bias.detach().any()
+    assert std(model.pos_emb) == pytest.approx(INIT_STD, rel=0.05)
+    conv = model.patch_embed.proj
+    fan_in = conv.weight[0].numel()
+    assert std(conv.weight) == pytest.approx(1 / math.sqrt(3 * fan_in), rel=0.05)
+    assert float(conv.weight.detach().abs().max()) <= 1 / math.sqrt(fan_in)
