@@ -110,6 +110,13 @@ class Fixup(Baseline):
         for i, role, linear in model.branch_linears():
             if role in ("attn_out", "mlp_out") and linear.weight.abs().max() != 0:
                 problems.append(f"block {i} {role} must be zero-initialised")
+        for name, module in model.named_modules():  # the scalars at their init: biases 0, multipliers 1
+            if isinstance(module, Shift) and module.bias.item() != 0.0:
+                problems.append(f"{name}: the scalar bias must start at 0, got {module.bias.item():.3g}")
+            if isinstance(module, FixupResidual) and module.scale.scale.item() != 1.0:
+                problems.append(f"{name}: the scalar multiplier must start at 1, got {module.scale.scale.item():.3g}")
+        if model.head.weight.abs().max() != 0:
+            problems.append("the head must be zero-initialised")
         if model.config.task == "lm":  # the stream starts at unit variance: tokens 1, positions 1/d
             var = model.embed(batch).var().item()
             if not 0.8 <= var <= 1.25:

@@ -68,4 +68,7 @@ class ReZero(Baseline):
         return GatedResidual(self._layer_alpha[layer_idx])
 
     def check_init(self, model, batch):
-        return branches_are_silent(model, batch) if self.hp["alpha_init"] == 0 else []
+        if self.hp["alpha_init"] == 0:
+            return branches_are_silent(model, batch)
+        return [f"{name}: alpha must start at {self.hp['alpha_init']:g}" for _, _, name, res in model.residual_sites()
+                if not torch.all(res.gain == self.hp["alpha_init"])]

@@ -51,4 +51,7 @@ class SkipInit(Baseline):
                 nn.init.zeros_(model.head.bias)
 
     def check_init(self, model, batch):
-        return branches_are_silent(model, batch) if self.hp["gain_init"] == 0 else []
+        if self.hp["gain_init"] == 0:
+            return branches_are_silent(model, batch)
+        return [f"{name}: alpha must start at {self.hp['gain_init']:g}" for _, _, name, res in model.residual_sites()
+                if not torch.all(res.gain == self.hp["gain_init"])]

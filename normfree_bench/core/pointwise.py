@@ -21,7 +21,10 @@ ablation. A subclass sets the point-wise ``function`` (a zero-argument callable 
 https://arxiv.org/abs/2512.10938), and may override `PointwiseBaseline.default_alphas`.
 
 This module also holds the point-wise functions that torch has no module for: `Erf`, `CenteredSigmoid`
-and `ISRU`.
+and `ISRU`. ``model.norm_impl`` picks how every `PointwiseNorm` runs (normfree_bench.core.norm_impl):
+``eager`` (these modules), ``compiled`` (``torch.compile``) or ``fused`` (one autograd Function,
+normfree_bench.core.fused) for f = tanh (DyT), erf (Derf) and the centred sigmoid; hardtanh, softsign,
+ISRU and the identity have no fused form (cheap vectorised ops already: eager or compiled only).
 """
 
 from __future__ import annotations
@@ -59,12 +62,16 @@ def width_rule_alphas(width: int, task: str) -> tuple[float, float]:
 class Erf(nn.Module):
     """``erf(u) = 2/sqrt(pi) * integral_0^u exp(-t^2) dt`` (Derf)."""
 
+    fused_form: ClassVar[str] = "erf"  # its fused autograd Function (normfree_bench.core.fused)
+
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         return torch.erf(u)
 
 
 class CenteredSigmoid(nn.Module):
     """``2 * sigmoid(u) - 1``: the logistic sigmoid rescaled to (-1, 1). Equal to ``tanh(u / 2)``."""
+
+    fused_form: ClassVar[str] = "sigmoid"
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         return 2.0 * torch.sigmoid(u) - 1.0
@@ -126,10 +133,18 @@ class PointwiseBaseline(Baseline):
 
     def check_init(self, model: ModelView, batch: torch.Tensor) -> list[str]:
         problems = []
-        for name, module in model.named_modules():
+        for _, site, name, module in model.norm_sites():
             if isinstance(module, PointwiseNorm):
                 if not torch.all(module.weight == 1) or (module.bias is not None and not torch.all(module.bias == 0)):
                     problems.append(f"{name}: gamma must start at 1 and beta at 0")
                 if module.shift is not None and not torch.all(module.shift == 0):
                     problems.append(f"{name}: the shift s must start at 0")
+                alpha = self.alpha["attn" if site == "attn" else "other"]
+                if not math.isclose(module.alpha.item(), alpha, rel_tol=1e-6):
+                    problems.append(f"{name}: alpha must start at alpha_0 = {alpha:g}, got {module.alpha.item():.4g}")
+        scale = getattr(model, "embed_scale", None)
+        if self.config.task == "lm" and self.hp["embed_scale"] and isinstance(scale, Scale):
+            want = math.sqrt(self.config.d_model)
+            if not math.isclose(scale.scale.item(), want, rel_tol=1e-6):
+                problems.append(f"embed_scale must start at sqrt(d) = {want:.4g}, got {scale.scale.item():.4g}")
         return problems
