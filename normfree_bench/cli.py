@@ -27,7 +27,7 @@ from tabulate import tabulate
 from tqdm import tqdm
 
 from normfree_bench.analysis.analyze import analyze_run, csv_row
-from normfree_bench.config import load_run_config, merge, parse_set
+from normfree_bench.config import NORM_IMPLS, load_run_config, merge, parse_set
 from normfree_bench.config.suites import suite_path
 from normfree_bench.core.registry import check_hparams_section, discover, get_baseline, list_baselines, load_plugin
 from normfree_bench.data.task import check_fits, load_data
@@ -257,7 +257,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 OVERHEAD_ONLY = ("suite", "steps", "repeats", "set")  # speed options that apply with --overhead only
-LAYERS_ONLY = ("baselines", "widths", "tokens", "bf16", "no_compile", "min_run_time")  # and without it
+LAYERS_ONLY = ("baselines", "widths", "tokens", "bf16", "no_compile", "impls", "min_run_time")  # and without it
 
 
 def positive_ints(text: str, option: str) -> list[int]:
@@ -277,7 +277,7 @@ def cmd_speed(args: argparse.Namespace) -> int:
         flag = "--" + stray[0].replace("_", "-")
         raise UserError(f"{flag} does not apply {'with' if args.overhead else 'without'} --overhead; valid with "
                         f"--overhead: --suite, --steps, --repeats, --set; without: --baselines, --widths, --tokens, "
-                        "--bf16, --no-compile, --min-run-time")
+                        "--bf16, --no-compile, --impls, --min-run-time")
     _load_plugins(args.plugin)
     device = resolve_device(args.device or "auto")
     out = Path(args.out)
@@ -307,7 +307,12 @@ def cmd_speed(args: argparse.Namespace) -> int:
     if not (min_run_time > 0 and math.isfinite(min_run_time)):
         raise UserError(f"--min-run-time must be a finite number of seconds > 0, got {min_run_time}")
     dtypes = ["fp32", "bf16"] if device == "cuda" or args.bf16 else ["fp32"]
-    settings = SpeedSettings(baselines=names, widths=widths, tokens=tokens, dtypes=dtypes,
+    impls = (args.impls or ",".join(NORM_IMPLS)).split(",")
+    for impl in impls:
+        if impl not in NORM_IMPLS:
+            raise UserError(f"--impls must be comma-separated implementations from {', '.join(NORM_IMPLS)}, "
+                            f"got {args.impls!r}")
+    settings = SpeedSettings(baselines=names, widths=widths, tokens=tokens, dtypes=dtypes, impls=impls,
                              compile=not args.no_compile, device=device, min_run_time=min_run_time)
     rows = run_speed(settings, out)
     print(render_tables(rows))
@@ -356,13 +361,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("speed", help="time each scheme's norm layer and whole model, eager and compiled")
+    p = sub.add_parser("speed", help="time each scheme's norm layer and whole model, per norm implementation")
     p.add_argument("--out", default="runs/speed", help="output directory (default runs/speed)")
     p.add_argument("--baselines", help="comma-separated subset of baselines")
     p.add_argument("--widths", help="layer widths, comma-separated (default 256,1024)")
     p.add_argument("--tokens", type=int, help="tokens per layer-benchmark tensor (default 4096)")
     p.add_argument("--bf16", action="store_true", help="also bf16 on CPU (always on CUDA)")
-    p.add_argument("--no-compile", action="store_true", help="eager only (skip torch.compile)")
+    p.add_argument("--no-compile", action="store_true", help="skip torch.compile (the compiled implementation "
+                   "and the whole-model compile)")
+    p.add_argument("--impls", help="norm implementations to time, comma-separated (default eager,compiled,fused)")
     p.add_argument("--min-run-time", type=float, help="seconds per measurement (default 0.3)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--overhead", action="store_true", help="harness trial vs bare PyTorch loop, same model and steps")

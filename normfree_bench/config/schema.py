@@ -26,6 +26,9 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# How the norm layers run (normfree_bench.core.norm_impl): the eager modules, torch.compile'd, or fused autograd
+# Functions (Triton kernels on CUDA). The same parameters and, within rounding, the same function.
+NORM_IMPLS = ("eager", "compiled", "fused")
 SEED_MAX = 2**32 - 1  # Lightning's seed_everything bound (numpy's too)
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "bf16-true", "16-mixed", "64-true")
 
@@ -58,6 +61,8 @@ class ModelConfig:
     # "native" (this package's Transformer) or "timm:<model name>" (timm's own model, e.g.
     # timm:vit_tiny_patch16_224, built at this config's size and converted to the baseline; ViT only).
     backbone: str = "native"
+    # How the norm sites run: eager, compiled or fused (NORM_IMPLS; README "Speed"). Not a scheme choice.
+    norm_impl: Literal["eager", "compiled", "fused"] = "eager"
     # ViT head only (task: vit).
     image_size: int = 8
     patch_size: int = 2
@@ -74,6 +79,8 @@ class ModelConfig:
                 f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})")
         if self.positions == "rope" and (self.d_model // self.n_heads) % 2:
             raise UserError("model.positions 'rope' needs an even head size (d_model / n_heads)")
+        if self.norm_impl not in NORM_IMPLS:
+            raise UserError(unknown_choice(self.norm_impl, NORM_IMPLS, "model.norm_impl"))
         check_finite("model", ("mlp_ratio", self.mlp_ratio))
         if self.hidden_dim < 1:
             raise UserError(f"model.mlp_ratio ({self.mlp_ratio:g}) x d_model ({self.d_model}) leaves an MLP of width "
@@ -284,18 +291,26 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def config_hash(self) -> str:
-        return config_hash(self.to_dict())
+        return config_hash(_hashed(self.to_dict()))
 
     def baseline_hparams(self, name: str | None = None) -> dict[str, Any]:
         return dict(self.hparams.get(name or self.baseline, {}))
 
     def sweep_hash(self) -> str:
         """The hash that names a sweep: everything but the baseline subset and the description."""
-        data = self.to_dict()
+        data = _hashed(self.to_dict())
         data.pop("description")
         data.pop("baseline")
         data["sweep"] = {k: v for k, v in data["sweep"].items() if k != "baselines"}
         return config_hash(data)
+
+
+def _hashed(data: dict[str, Any]) -> dict[str, Any]:
+    """The config as hashed: ``model.norm_impl`` left out when it is the default ``eager``, so that run
+    directories recorded before the key existed keep their hash (and resume)."""
+    if data.get("model", {}).get("norm_impl") == "eager":
+        data = {**data, "model": {k: v for k, v in data["model"].items() if k != "norm_impl"}}
+    return data
 
 
 def config_hash(data: dict[str, Any]) -> str:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from normfree_bench.core.fused import fused_pointwise
+
 Site = str  # one of SITES
 SITES: tuple[Site, ...] = ("attn", "mlp", "final")
 BRANCHES: tuple[Site, ...] = ("attn", "mlp")
@@ -76,16 +78,21 @@ class PointwiseNorm(nn.Module):
     ``s`` is an optional learnable scalar shift (Derf's); ``shift=None`` creates no parameter, so a
     DyT state dict has exactly ``alpha``, ``weight`` and ``bias``. Computed in fp32 and cast back, for
     parity with RMSNorm's fp32 upcast under autocast.
+
+    ``fused_form`` (None: the eager ops below) selects the fused autograd Function of
+    normfree_bench.core.fused, e.g. ``"tanh"``; `normfree_bench.core.norm_impl.implement` sets it for
+    ``model.norm_impl: fused``. The parameters and state dict are the same either way.
     """
 
     def __init__(self, dim: int, fn: nn.Module, alpha_init: float, bias: bool = True,
-                 shift: float | None = None) -> None:
+                 shift: float | None = None, fused_form: str | None = None) -> None:
         super().__init__()
         self.fn = fn
         self.alpha = nn.Parameter(torch.full((1,), float(alpha_init)))
         self.weight = nn.Parameter(torch.ones(dim))
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
         self.shift = nn.Parameter(torch.full((1,), float(shift))) if shift is not None else None
+        self.fused_form = fused_form
 
     def squash(self, x: torch.Tensor) -> torch.Tensor:
         """``f(alpha * x + s)`` in fp32, before gamma and beta (for saturation diagnostics: the share of
@@ -96,6 +103,8 @@ class PointwiseNorm(nn.Module):
         return self.fn(u)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused_form is not None:
+            return fused_pointwise(x, self.alpha, self.weight, self.bias, self.shift, self.fused_form)
         y = self.squash(x) * self.weight.float()
         if self.bias is not None:
             y = y + self.bias.float()
@@ -103,7 +112,8 @@ class PointwiseNorm(nn.Module):
 
     def extra_repr(self) -> str:
         shift = "" if self.shift is None else f", shift_init={self.shift.item():.4g}"
-        return f"alpha_init={self.alpha.item():.4g}, bias={self.bias is not None}{shift}"
+        fused = "" if self.fused_form is None else f", fused={self.fused_form}"
+        return f"alpha_init={self.alpha.item():.4g}, bias={self.bias is not None}{shift}{fused}"
 
 
 def make_norm(kind: str, dim: int, bias: bool, eps: float = 1e-5) -> nn.Module:

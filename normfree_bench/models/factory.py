@@ -24,6 +24,7 @@ from torch import nn
 from normfree_bench.config import ModelConfig
 from normfree_bench.core.baseline import Baseline
 from normfree_bench.core.inits import NETWORK_INITS
+from normfree_bench.core.norm_impl import apply_norm_impl
 from normfree_bench.core.registry import get_baseline
 from normfree_bench.errors import UserError
 from normfree_bench.models.transformer import Transformer
@@ -68,4 +69,5 @@ def build_timm(baseline: str | Baseline, config: ModelConfig, **hparams: Any) ->
     if config.init == "shared":  # the GPT-2 rule over timm's own init, then the baseline's init again
         NETWORK_INITS["gpt2"](view)
         view.baseline.init_(view)
+    apply_norm_impl(view, config.norm_impl)
     return view

@@ -11,7 +11,8 @@ Two heads share the same blocks: a causal byte-level LM (``task: lm``) and a ViT
 - the residual combine of each branch (``x + f(x)`` by default),
 - the MLP activation and the embedding scale,
 
-and the baseline initialises the finished model (``Baseline.init_``). Block::
+and the baseline initialises the finished model (``Baseline.init_``). ``model.norm_impl`` then decides how
+the norm sites run (eager, compiled or fused: normfree_bench.core.norm_impl). Block::
 
     x = res_attn.combine(x, attn(res_attn.branch_input(norm_attn(x))))
     x = res_mlp.combine(x, mlp(res_mlp.branch_input(norm_mlp(x))))
@@ -31,6 +32,7 @@ from torch import nn
 from normfree_bench.config import ModelConfig
 from normfree_bench.core.baseline import Baseline, NormSite, ResidualSite
 from normfree_bench.core.inits import NETWORK_INITS
+from normfree_bench.core.norm_impl import apply_norm_impl
 
 
 def rotary_tables(n_tokens: int, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,6 +148,7 @@ class Transformer(nn.Module):
         self.norm_final = baseline.norm(d, "final", config.n_layers, config.n_layers)
         self.head = nn.Linear(d, out_dim, bias=config.task == "vit")
         self.reset_parameters()
+        apply_norm_impl(self, config.norm_impl)  # eager, compiled or fused norm sites (model.norm_impl)
 
     def branch_linears(self) -> Iterator[tuple[int, str, nn.Linear]]:
         """Every linear layer inside a residual branch, as (layer_idx, role, module).

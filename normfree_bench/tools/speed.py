@@ -1,26 +1,40 @@
-"""The speed suite: is a scheme faster? Norm-layer and whole-model timings, eager and compiled.
+"""The speed suite: is a scheme faster? Norm-layer and whole-model timings per implementation of the norm.
 
 Usage: ``normfree-bench speed --out runs/speed``  (``--overhead`` times the harness against a bare loop)
 
 Layer benchmark: each baseline's norm module at the ``attn`` site on a (tokens, width) tensor, forward
-and forward+backward, eager and ``torch.compile``, fp32 and bf16 (where the device supports it).
-Model benchmark: training-step and inference tokens/s of the whole Transformer per baseline at two
-sizes, eager and compiled; MFU against the device's peak on GPU. Method:
+and forward+backward, fp32 and bf16 (where the device supports it), in each implementation it has
+(``impl``, normfree_bench.core.norm_impl): ``eager`` (the module), ``compiled`` (``torch.compile``) and
+``fused`` (DyT, Derf, the centred sigmoid: one autograd Function, Triton on CUDA). LayerNorm's and
+RMSNorm's fused form is their eager module (torch's native kernel), so it is not timed twice.
+Model benchmark: training-step and inference tokens/s of the whole Transformer per baseline at three
+sizes, with ``model.norm_impl`` eager, compiled and fused, and the whole model under ``torch.compile``
+(``compiled`` column, eager norms); the norm sites' share of the step time from a profiler trace
+(normfree_bench.tools.norm_share); MFU against the device's peak on GPU. Method:
 
 - timings come from ``torch.utils.benchmark.Timer.blocked_autorange`` (it synchronises CUDA, warms
-  up and repeats), reported as the median with the interquartile range;
-- compile time is the first call of the compiled module, timed and reported apart;
-- every figure is compared only within one run on one device, also as a ratio to ``layernorm``;
-- bandwidth = bytes moved / time, with bytes = 2 x tensor (forward: read x, write y) and
-  5 x tensor (forward+backward: also read x and dy, write dx); parameters are negligible.
+  up and repeats), reported as the median with the interquartile range; forward+backward is
+  ``torch.autograd.grad`` of x and the parameters (no ``.grad`` accumulation pass);
+- compile time is the first call of the compiled module, timed and reported apart (dynamo's caches are
+  reset before each compiled variant, so every one compiles and none hits the recompile limit);
+- every figure is compared only within one run on one device: ``time_vs_layernorm`` against LayerNorm
+  in the same implementation (its eager kernel for ``fused``), ``vs_layernorm_best`` against LayerNorm's
+  fastest implementation at the same width, dtype and mode;
+- the floor: ``min_bytes`` is what the layer must move at least, 2 N elements forward (read x, write y)
+  and 5 N forward+backward (also read dy and x, write dx; x, not a saved y, because dalpha needs it),
+  N = tokens x width in x's dtype, parameters (O(width)) neglected; ``copy_ms`` is the time of a
+  same-size tensor copy (``dst.copy_(x)``: 2 N elements) measured in the same run, ``floor_ms`` that
+  copy's time scaled to ``min_bytes``, ``vs_floor = time_ms / floor_ms`` (1 = as fast as a copy);
+- bandwidth = ``min_bytes`` / time, and % of peak bandwidth on known GPUs.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,13 +43,16 @@ import torch
 from tabulate import tabulate
 from torch import nn
 
-from normfree_bench.config import ModelConfig
+from normfree_bench.config import NORM_IMPLS, ModelConfig, unknown_choice
+from normfree_bench.core.norm_impl import available_impls, fused_is_eager, implement
 from normfree_bench.core.registry import get_baseline
+from normfree_bench.errors import UserError
 from normfree_bench.io import atomic_write_text, write_csv, write_json
 from normfree_bench.models.factory import build_model
 from normfree_bench.models.transformer import task_loss
 from normfree_bench.store.provenance import collect_provenance
 from normfree_bench.tables.plots import plt, save_figure
+from normfree_bench.tools.norm_share import norm_share
 
 # Peak dense bf16 tensor FLOP/s and HBM bandwidth of GPUs we know, for MFU and % of peak bandwidth.
 GPU_PEAKS = {"H100": (989e12, 3.35e12), "H200": (989e12, 4.8e12), "A100": (312e12, 2.0e12)}
@@ -43,17 +60,33 @@ GPU_PEAKS = {"H100": (989e12, 3.35e12), "H200": (989e12, 4.8e12), "A100": (312e1
 
 @dataclass
 class SpeedSettings:
+    """What to time. ``impls``: the norm implementations (``compile=False`` drops ``compiled`` and the
+    whole-model compile). The dataclass default keeps the suite of before implementations existed
+    (eager and compiled); ``normfree-bench speed`` times all three unless ``--impls`` narrows it.
+    A model size may name its own ``context_length`` (else ``context_length`` below)."""
+
     baselines: list[str]
     widths: list[int] = field(default_factory=lambda: [256, 1024])
     tokens: int = 4096
     model_sizes: list[dict[str, int]] = field(default_factory=lambda: [
-        {"d_model": 64, "n_layers": 4, "n_heads": 4}, {"d_model": 128, "n_layers": 4, "n_heads": 4}])
+        {"d_model": 64, "n_layers": 4, "n_heads": 4}, {"d_model": 128, "n_layers": 4, "n_heads": 4},
+        {"d_model": 512, "n_layers": 2, "n_heads": 8, "context_length": 32}])
     batch_size: int = 16
     context_length: int = 128
     dtypes: list[str] = field(default_factory=lambda: ["fp32", "bf16"])
     compile: bool = True
+    impls: list[str] = field(default_factory=lambda: ["eager", "compiled"])
+    profile_steps: int = 1  # profiled training steps per model row, for the norm share (0: no profile)
     min_run_time: float = 0.3  # seconds per measurement (blocked_autorange)
     device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        for impl in self.impls:
+            if impl not in NORM_IMPLS:
+                raise UserError(unknown_choice(impl, NORM_IMPLS, "speed implementation"))
+
+    def wants(self, impl: str) -> bool:
+        return impl in self.impls and (impl != "compiled" or self.compile)
 
 
 def gpu_peaks(device: str) -> tuple[float, float] | None:
@@ -73,16 +106,30 @@ def _measure(fn: Callable[[], Any], min_run_time: float) -> tuple[float, float]:
     return m.median, m.iqr
 
 
-def _compiled(module: nn.Module, example: Callable[[nn.Module], Any], enabled: bool) -> tuple[nn.Module, float]:
-    """``torch.compile(module)`` and the seconds its first call took (the compile time)."""
-    if not enabled:
-        return module, 0.0
-    compiled = torch.compile(module)
-    t0 = time.perf_counter()
-    example(compiled)
+def _sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    return compiled, time.perf_counter() - t0
+
+
+def _first_call(example: Callable[[], Any], compiling: bool) -> float:
+    """Seconds the first call of ``example`` took when it compiles (the compile time), else 0 (not called)."""
+    if not compiling:
+        return 0.0
+    t0 = time.perf_counter()
+    example()
+    _sync()
+    return time.perf_counter() - t0
+
+
+def copy_floor(x: torch.Tensor, min_run_time: float) -> float:
+    """Median seconds of a copy of ``x`` into a preallocated tensor: 2 N elements moved, the floor's unit."""
+    src, dst = x.detach(), torch.empty_like(x, requires_grad=False)
+    return _measure(partial(dst.copy_, src), min_run_time)[0]
+
+
+def min_bytes(mode: str, x: torch.Tensor) -> int:
+    """What a norm layer must move at least: 2 N elements forward, 5 N forward+backward (module docstring)."""
+    return (2 if mode == "fwd" else 5) * x.numel() * x.element_size()
 
 
 def norm_forward(m: nn.Module, x: torch.Tensor, device_type: str, amp: bool) -> torch.Tensor:
@@ -91,7 +138,8 @@ def norm_forward(m: nn.Module, x: torch.Tensor, device_type: str, amp: bool) -> 
 
 
 def norm_forward_backward(m: nn.Module, x: torch.Tensor, dy: torch.Tensor, device_type: str, amp: bool) -> None:
-    norm_forward(m, x, device_type, amp).backward(dy)
+    inputs = [x, *(p for p in m.parameters() if p.requires_grad)]
+    torch.autograd.grad(norm_forward(m, x, device_type, amp), inputs, dy)
 
 
 def train_step(m: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, device_type: str,
@@ -108,33 +156,47 @@ def infer(m: nn.Module, x: torch.Tensor, device_type: str, amp: bool) -> None:
         m(x)
 
 
+def layer_impls(module: nn.Module, s: SpeedSettings) -> list[str]:
+    """The implementations of ``module`` to time: those it has and ``s`` asks for, its fused form only when
+    that is not its eager module."""
+    return [i for i in available_impls(module) if s.wants(i) and not (i == "fused" and fused_is_eager(module))]
+
+
 def layer_rows(s: SpeedSettings) -> list[dict[str, Any]]:
     rows = []
     dev = torch.device(s.device)
     peaks = gpu_peaks(s.device)
     for width in s.widths:
         config = ModelConfig(d_model=width, n_heads=max(1, width // 64), n_layers=4)
+        floors: dict[str, float] = {}  # dtype -> seconds of a copy of x, measured once per width and dtype
         for name in s.baselines:
             module = get_baseline(name)(config).norm(width, "attn", 0, config.n_layers)
             if isinstance(module, nn.Identity):
                 continue  # no norm at this site (the scheme's cost is in its residual: see the model rows)
             for dtype_name in s.dtypes:
                 dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float32
-                layer = module.to(dev)
                 x = torch.randn(s.tokens, width, device=dev, dtype=dtype, requires_grad=True)
                 dy = torch.randn_like(x)
-                for compiled in ([False, True] if s.compile else [False]):
-                    amp = dtype != torch.float32
-                    run, compile_s = _compiled(layer, partial(norm_forward_backward, x=x, dy=dy,
-                                                              device_type=dev.type, amp=amp), compiled)
-                    for mode, fn, moved in (
-                            ("fwd", partial(norm_forward, run, x, dev.type, amp), 2),
-                            ("fwd+bwd", partial(norm_forward_backward, run, x, dy, dev.type, amp), 5)):
+                amp = dtype != torch.float32
+                if dtype_name not in floors:
+                    floors[dtype_name] = copy_floor(x, s.min_run_time)
+                copy_s = floors[dtype_name]
+                for impl in layer_impls(module, s):
+                    if impl == "compiled":
+                        torch._dynamo.reset()
+                    layer = implement(copy.deepcopy(module).to(dev), impl, f"baseline '{name}'")
+                    compile_s = _first_call(partial(norm_forward_backward, layer, x, dy, dev.type, amp),
+                                            impl == "compiled")
+                    for mode, fn in (("fwd", partial(norm_forward, layer, x, dev.type, amp)),
+                                     ("fwd+bwd", partial(norm_forward_backward, layer, x, dy, dev.type, amp))):
                         median, iqr = _measure(fn, s.min_run_time)
-                        nbytes = moved * x.numel() * x.element_size()
+                        nbytes = min_bytes(mode, x)
+                        floor_s = copy_s * nbytes / (2 * x.numel() * x.element_size())
                         row = {"bench": "layer", "baseline": name, "width": width, "tokens": s.tokens,
-                               "dtype": dtype_name, "compiled": compiled, "mode": mode, "time_ms": median * 1e3,
-                               "iqr_ms": iqr * 1e3, "gb_per_s": nbytes / median / 1e9, "compile_s": compile_s}
+                               "dtype": dtype_name, "impl": impl, "compiled": impl == "compiled", "mode": mode,
+                               "time_ms": median * 1e3, "iqr_ms": iqr * 1e3, "copy_ms": copy_s * 1e3,
+                               "min_bytes": nbytes, "floor_ms": floor_s * 1e3, "vs_floor": median / floor_s,
+                               "gb_per_s": nbytes / median / 1e9, "compile_s": compile_s}
                         if peaks:
                             row["pct_peak_bw"] = 100 * nbytes / median / peaks[1]
                         rows.append(row)
@@ -147,32 +209,53 @@ def flops_per_token(model: nn.Module, config: ModelConfig) -> float:
     return 6 * n + 12 * config.n_layers * config.d_model * config.context_length
 
 
+def model_variants(model: nn.Module, s: SpeedSettings) -> list[tuple[str, bool]]:
+    """(norm_impl, whole model compiled) pairs to time for a model built eager: each implementation its norm
+    sites all have and that differs from eager there, then the whole model under ``torch.compile``."""
+    sites = [m for _, _, _, m in model.norm_sites()]
+    out = [("eager", False)] if s.wants("eager") else []
+    if s.wants("compiled") and not all(isinstance(m, nn.Identity) for m in sites):
+        out.append(("compiled", False))
+    if s.wants("fused") and all("fused" in available_impls(m) for m in sites) \
+            and not all(fused_is_eager(m) for m in sites):
+        out.append(("fused", False))
+    if s.wants("compiled"):
+        out.append(("eager", True))
+    return out
+
+
 def model_rows(s: SpeedSettings) -> list[dict[str, Any]]:
     rows = []
     dev = torch.device(s.device)
     peaks = gpu_peaks(s.device)
-    tokens = s.batch_size * s.context_length
     for size in s.model_sizes:
-        config = ModelConfig(context_length=s.context_length, **size)
-        ids = torch.randint(0, config.vocab_size, (s.batch_size, s.context_length + 1), device=dev)
+        config = ModelConfig(**{"context_length": s.context_length, **size})
+        tokens = s.batch_size * config.context_length
+        ids = torch.randint(0, config.vocab_size, (s.batch_size, config.context_length + 1), device=dev)
         x, y = ids[:, :-1], ids[:, 1:]
         for name in s.baselines:
+            variants = model_variants(build_model(name, config), s)
             for dtype_name in s.dtypes:
                 amp = dtype_name == "bf16"
-                for compiled in ([False, True] if s.compile else [False]):
+                for impl, whole in variants:
+                    if impl == "compiled" or whole:
+                        torch._dynamo.reset()
                     torch.manual_seed(0)
-                    model = build_model(name, config).to(dev)
+                    model = build_model(name, replace(config, norm_impl=impl)).to(dev)
                     opt = torch.optim.AdamW(model.baseline.param_groups(model, 1e-3, 0.1), lr=1e-3)
-
-                    run, compile_s = _compiled(model, partial(train_step, opt=opt, x=x, y=y, device_type=dev.type,
-                                                              amp=amp), compiled)
-                    train_t, train_iqr = _measure(partial(train_step, run, opt, x, y, dev.type, amp), s.min_run_time)
+                    run = torch.compile(model) if whole else model
+                    step = partial(train_step, run, opt, x, y, dev.type, amp)
+                    compile_s = _first_call(step, impl == "compiled" or whole)
+                    train_t, train_iqr = _measure(step, s.min_run_time)
                     infer_t, _ = _measure(partial(infer, run, x, dev.type, amp), s.min_run_time)
                     row = {"bench": "model", "baseline": name, "d_model": config.d_model, "n_layers": config.n_layers,
-                           "params": sum(p.numel() for p in model.parameters()), "dtype": dtype_name,
-                           "compiled": compiled, "train_tokens_per_s": tokens / train_t,
+                           "context_length": config.context_length, "params": model.num_params(), "dtype": dtype_name,
+                           "impl": impl, "compiled": whole, "train_tokens_per_s": tokens / train_t,
                            "train_iqr_ms": train_iqr * 1e3, "infer_tokens_per_s": tokens / infer_t,
                            "compile_s": compile_s}
+                    if s.profile_steps > 0 and not whole:  # a compiled whole model has no norm modules to label
+                        share = norm_share(model, step, steps=s.profile_steps)
+                        row.update(norm_ms=share["norm_ms"], norm_share_pct=share["norm_share_pct"])
                     if peaks:
                         row["mfu_pct"] = 100 * flops_per_token(model, config) * tokens / train_t / peaks[0]
                     rows.append(row)
@@ -180,26 +263,45 @@ def model_rows(s: SpeedSettings) -> list[dict[str, Any]]:
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
-    """Each figure as a ratio to ``layernorm``'s under the same settings, in the same run."""
-    def key(r: dict[str, Any]) -> tuple:
-        return tuple((k, v) for k, v in r.items() if k in ("bench", "width", "d_model", "dtype", "compiled", "mode"))
+    """Each figure as a ratio to ``layernorm``'s in the same run, under the same settings: per implementation
+    (``time_vs_layernorm``; a fused row against LayerNorm's eager, which is its fused kernel) and against
+    LayerNorm's best implementation (``vs_layernorm_best``: fastest layer time; ``train_vs_layernorm_best``:
+    highest training tokens/s, over its implementations and whole-model compile)."""
+    def key(r: dict[str, Any], *extra: str) -> tuple:
+        return tuple((k, r.get(k)) for k in ("bench", "width", "d_model", "n_layers", "dtype", "mode", *extra))
 
-    reference = {key(r): r for r in rows if r["baseline"] == "layernorm"}
+    same = {key(r, "impl", "compiled"): r for r in rows if r["baseline"] == "layernorm"}
+    best: dict[tuple, dict[str, Any]] = {}
     for r in rows:
-        ref = reference.get(key(r))
-        if ref is None:
+        if r["baseline"] != "layernorm":
             continue
+        k, held = key(r), best.get(key(r))
+        if held is None or (r["time_ms"] < held["time_ms"] if r["bench"] == "layer"
+                            else r["train_tokens_per_s"] > held["train_tokens_per_s"]):
+            best[k] = r
+    for r in rows:
+        ref = same.get(key(r, "impl", "compiled"))
+        if ref is None and r.get("impl") == "fused":  # layernorm's fused form is its eager module
+            ref = same.get(key({**r, "impl": "eager"}, "impl", "compiled"))
+        top = best.get(key(r))
         if r["bench"] == "layer":
-            r["time_vs_layernorm"] = r["time_ms"] / ref["time_ms"]
+            if ref is not None:
+                r["time_vs_layernorm"] = r["time_ms"] / ref["time_ms"]
+            if top is not None:
+                r["vs_layernorm_best"] = r["time_ms"] / top["time_ms"]
         else:
-            r["train_vs_layernorm"] = r["train_tokens_per_s"] / ref["train_tokens_per_s"]
-            r["infer_vs_layernorm"] = r["infer_tokens_per_s"] / ref["infer_tokens_per_s"]
+            if ref is not None:
+                r["train_vs_layernorm"] = r["train_tokens_per_s"] / ref["train_tokens_per_s"]
+                r["infer_vs_layernorm"] = r["infer_tokens_per_s"] / ref["infer_tokens_per_s"]
+            if top is not None:
+                r["train_vs_layernorm_best"] = r["train_tokens_per_s"] / top["train_tokens_per_s"]
 
 
-LAYER_COLUMNS = ("baseline", "width", "dtype", "compiled", "mode", "time_ms", "iqr_ms", "time_vs_layernorm",
-                 "gb_per_s", "pct_peak_bw", "compile_s")
-MODEL_COLUMNS = ("baseline", "d_model", "n_layers", "params", "dtype", "compiled", "train_tokens_per_s",
-                 "train_vs_layernorm", "infer_tokens_per_s", "infer_vs_layernorm", "mfu_pct", "compile_s")
+LAYER_COLUMNS = ("baseline", "width", "dtype", "impl", "mode", "time_ms", "iqr_ms", "time_vs_layernorm",
+                 "vs_layernorm_best", "copy_ms", "min_bytes", "vs_floor", "gb_per_s", "pct_peak_bw", "compile_s")
+MODEL_COLUMNS = ("baseline", "d_model", "n_layers", "context_length", "params", "dtype", "impl", "compiled",
+                 "train_tokens_per_s", "train_vs_layernorm", "train_vs_layernorm_best", "infer_tokens_per_s",
+                 "infer_vs_layernorm", "norm_ms", "norm_share_pct", "mfu_pct", "compile_s")
 
 
 def render_tables(rows: list[dict[str, Any]]) -> str:
@@ -222,8 +324,14 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _variant_label(impl: str, whole: bool) -> str:
+    return "whole model compiled" if whole else {"eager": "eager", "compiled": "compiled norms",
+                                                  "fused": "fused norms"}.get(impl, impl)
+
+
 def plot_speed(rows: list[dict[str, Any]], path: Path) -> None:
-    """Bars: model training tokens/s per baseline (eager and compiled, fp32), one panel per size."""
+    """Bars: model training tokens/s per baseline and variant (norm implementation, whole-model compile),
+    fp32, one panel per size."""
     model = [r for r in rows if r["bench"] == "model" and r["dtype"] == "fp32"]
     sizes = sorted({r["d_model"] for r in model})
     if not sizes:
@@ -232,14 +340,15 @@ def plot_speed(rows: list[dict[str, Any]], path: Path) -> None:
     for ax, size in zip(axes[0], sizes):
         part = [r for r in model if r["d_model"] == size]
         names = list(dict.fromkeys(r["baseline"] for r in part))
-        for i, compiled in enumerate(sorted({r["compiled"] for r in part})):
-            vals = [next((r["train_tokens_per_s"] for r in part if r["baseline"] == n and r["compiled"] == compiled),
-                         math.nan) for n in names]
-            ax.bar([j + 0.4 * i for j in range(len(names))], vals, width=0.4,
-                   label="compiled" if compiled else "eager")
-        ax.set_xticks([j + 0.2 for j in range(len(names))], names, rotation=30)
+        variants = list(dict.fromkeys((r.get("impl", "eager"), r["compiled"]) for r in part))
+        width = 0.8 / len(variants)
+        for i, (impl, whole) in enumerate(variants):
+            vals = [next((r["train_tokens_per_s"] for r in part if r["baseline"] == n
+                          and (r.get("impl", "eager"), r["compiled"]) == (impl, whole)), math.nan) for n in names]
+            ax.bar([j + width * i for j in range(len(names))], vals, width=width, label=_variant_label(impl, whole))
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(names))], names, rotation=30)
         ax.set_title(f"d_model={size}: training tokens/s (fp32)")
-        ax.legend()
+        ax.legend(fontsize="small")
     try:
         save_figure(fig, path)
     finally:

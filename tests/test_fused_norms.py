@@ -1,0 +1,319 @@
+"""The norm implementations (``model.norm_impl``: eager, compiled, fused) and the speed suite's new columns.
+
+Usage: ``.venv/bin/python -m pytest tests/test_fused_norms.py -q``  (``-m slow``: torch.compile, Triton)
+
+The fused point-wise Functions (normfree_bench.core.fused) are checked by ``torch.autograd.gradcheck`` in
+float64, against the exact formula, and against the eager modules (torch.tanh, torch.erf) in fp32 and bf16
+within the tolerances documented in that module; a short training run with ``norm_impl: fused`` follows
+the eager run's loss curve. The speed suite's floor columns and ratios are recomputed here from its rows.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.autograd import gradcheck
+
+from normfree_bench import build_model
+from normfree_bench.config import ModelConfig, RunConfig, config_hash, load_run_config, parse_set
+from normfree_bench.core import fused
+from normfree_bench.core.fused import fused_pointwise
+from normfree_bench.core.layers import PointwiseNorm
+from normfree_bench.core.norm_impl import available_impls, implement
+from normfree_bench.core.pointwise import CenteredSigmoid, Erf
+from normfree_bench.errors import UserError
+from normfree_bench.tools.norm_share import attribute
+from normfree_bench.tools.speed import SpeedSettings, add_ratios, run_speed
+from tests.conftest import cli, private_cache, write_word_corpus
+
+REPO = Path(__file__).resolve().parents[1]
+FORMS = {"tanh": torch.tanh, "sigmoid": lambda u: 2 * torch.sigmoid(u) - 1, "erf": torch.erf}
+MODULES = {"tanh": nn.Tanh, "sigmoid": CenteredSigmoid, "erf": Erf}
+
+
+def params(d: int, bias: bool, shift: bool, dtype: torch.dtype = torch.float64, seed: int = 0) -> list:
+    gen = torch.Generator().manual_seed(seed)
+    out = [torch.tensor([0.7], dtype=dtype), torch.randn(d, generator=gen, dtype=dtype),
+           torch.randn(d, generator=gen, dtype=dtype) if bias else None,
+           torch.tensor([0.3], dtype=dtype) if shift else None]
+    return [p.requires_grad_() if p is not None else None for p in out]
+
+
+# ---- the fused Functions -------------------------------------------------------------------------
+@pytest.mark.parametrize("form", list(FORMS))
+@pytest.mark.parametrize("bias, shift", [(True, True), (False, False), (True, False), (False, True)])
+def test_fused_function_passes_gradcheck_in_float64(form: str, bias: bool, shift: bool) -> None:
+    x = (2 * torch.randn(3, 4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))).requires_grad_()
+    alpha, weight, beta, s = params(5, bias, shift)
+    inputs = tuple(t for t in (x, alpha, weight, beta, s) if t is not None)
+
+    def fn(*ts: torch.Tensor) -> torch.Tensor:
+        it = iter(ts)
+        xx, a, w = next(it), next(it), next(it)
+        b = next(it) if bias else None
+        sh = next(it) if shift else None
+        return fused_pointwise(xx, a, w, b, sh, form)
+
+    assert gradcheck(fn, inputs)
+    # gradcheck compares the backward with the forward; the forward against the formula itself:
+    u = alpha * x + (s if shift else 0)
+    expected = weight * FORMS[form](u) + (beta if bias else 0)
+    torch.testing.assert_close(fn(*inputs), expected, atol=1e-12, rtol=1e-12)
+
+
+def test_fused_function_skips_gradients_nobody_needs() -> None:
+    x = torch.randn(8, 4, requires_grad=True)
+    alpha, weight, beta, s = (p.detach().float() for p in params(4, True, True))
+    (dx,) = torch.autograd.grad(fused_pointwise(x, alpha, weight, beta, s, "tanh").sum(), [x])
+    assert dx.shape == x.shape and alpha.grad is None
+
+
+def close_enough(got: torch.Tensor, want: torch.Tensor, atol: float, rtol: float) -> None:
+    """|got - want| <= atol * max|want| + rtol * |want|, element-wise (the documented tolerance)."""
+    got, want = got.float(), want.float()
+    bound = atol * want.abs().max() + rtol * want.abs()
+    excess = ((got - want).abs() - bound).max().item()
+    assert excess <= 0, f"off by {excess:.3g} beyond the tolerance"
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_module_agrees_with_eager_within_documented_tolerance(form: str, dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    eager = PointwiseNorm(64, MODULES[form](), alpha_init=0.7, bias=True, shift=0.1)
+    with torch.no_grad():
+        eager.weight.normal_()
+        eager.bias.normal_()
+    x = (3 * torch.randn(512, 64)).to(dtype).requires_grad_()  # |alpha x| up to ~8: saturation covered
+    dy = torch.randn(512, 64).to(dtype)
+    fast = implement(PointwiseNorm(64, MODULES[form](), alpha_init=0.7, bias=True, shift=0.1), "fused")
+    fast.load_state_dict(eager.state_dict())
+    assert fast.fused_form == form
+    outs, grads = [], []
+    for m in (fast, eager):
+        y = m(x)
+        assert y.dtype == dtype
+        outs.append(y)
+        grads.append(torch.autograd.grad(y, [x, m.alpha, m.weight, m.bias, m.shift], dy))
+    atol, rtol = (fused.FP32_ATOL, fused.FP32_RTOL) if dtype == torch.float32 else (fused.BF16_ATOL, fused.BF16_RTOL)
+    close_enough(outs[0], outs[1], atol, rtol)
+    close_enough(grads[0][0], grads[1][0], atol, rtol)  # dx
+    for got, want in zip(grads[0][1:], grads[1][1:]):  # dalpha, dgamma, dbeta, ds: sums over tokens
+        close_enough(got, want, fused.SUM_RTOL, 0.0)
+
+
+def test_fused_under_autocast_matches_eager_and_returns_the_input_dtype() -> None:
+    torch.manual_seed(0)
+    eager = PointwiseNorm(32, nn.Tanh(), alpha_init=1.0)
+    fast = implement(PointwiseNorm(32, nn.Tanh(), alpha_init=1.0), "fused")
+    x = torch.randn(64, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_fast, y_eager = fast(x), eager(x)
+    assert y_fast.dtype == y_eager.dtype == torch.float32
+    close_enough(y_fast, y_eager, fused.FP32_ATOL, fused.FP32_RTOL)
+
+
+# ---- model.norm_impl -----------------------------------------------------------------------------
+def test_norm_impl_is_validated_with_one_line_listing_the_choices(tmp_path, capsys) -> None:
+    with pytest.raises(UserError, match=r"^invalid model.norm_impl 'fast'; valid: eager, compiled, fused$"):
+        ModelConfig(norm_impl="fast")
+    with pytest.raises(UserError, match=r"^invalid config.model.norm_impl 'fast'; valid: eager, compiled, fused$"):
+        load_run_config(overrides=parse_set(["model.norm_impl=fast"]))
+    rc, _, err = cli(["train", "--set", "model.norm_impl=fast", "--out", str(tmp_path / "t")], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "valid: eager, compiled, fused" in err
+    assert load_run_config(overrides=parse_set(["model.norm_impl=fused"])).model.norm_impl == "fused"
+
+
+def test_a_scheme_without_a_fused_form_is_refused_when_the_model_is_built(tmp_path, capsys) -> None:
+    with pytest.raises(UserError) as info:
+        build_model("hardtanh", ModelConfig(d_model=16, n_layers=1, n_heads=2, norm_impl="fused"))
+    msg = str(info.value)
+    assert "\n" not in msg and "'fused'" in msg and "baseline 'hardtanh'" in msg
+    assert msg.endswith("valid for it: eager, compiled")
+    with private_cache(tmp_path):
+        corpus = write_word_corpus(tmp_path / "corpus.txt")
+        out = tmp_path / "t"
+        rc, _, err = cli(["train", "--baseline", "softsign", "--steps", "2", "--out", str(out), "--set",
+                          "model.norm_impl=fused", "--set", f"data.corpus={corpus}", "--set", "train.warmup_steps=0"],
+                         capsys)
+    assert rc == 2 and "baseline 'softsign'" in err and len(err.strip().splitlines()) == 1
+    assert not (out / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("name", ["layernorm", "rmsnorm", "rezero", "fixup", "nf", "dyt", "derf", "sigmoid"])
+def test_every_main_scheme_and_each_fused_point_wise_one_builds_fused(name: str) -> None:
+    cfg = ModelConfig(d_model=16, n_layers=1, n_heads=2, context_length=8)
+    torch.manual_seed(0)
+    eager = build_model(name, cfg)
+    torch.manual_seed(0)
+    fast = build_model(name, replace(cfg, norm_impl="fused"))
+    assert list(fast.state_dict()) == list(eager.state_dict())
+    for (_, _, _, a), (_, _, _, b) in zip(eager.norm_sites(), fast.norm_sites()):
+        assert type(a) is type(b) and "fused" in available_impls(a)
+        if isinstance(b, PointwiseNorm):
+            assert b.fused_form is not None and a.fused_form is None
+    ids = torch.randint(0, 256, (2, 8))
+    torch.testing.assert_close(fast(ids), eager(ids), atol=1e-5, rtol=1e-5)
+
+
+def test_the_default_implementation_keeps_the_config_hash() -> None:
+    cfg = RunConfig()
+    data = cfg.to_dict()
+    assert data["model"]["norm_impl"] == "eager"
+    data["model"].pop("norm_impl")
+    assert cfg.config_hash() == config_hash(data)  # runs recorded before norm_impl existed still resume
+    fused_cfg = load_run_config(overrides=parse_set(["model.norm_impl=fused"]))
+    assert fused_cfg.config_hash() != cfg.config_hash() and fused_cfg.sweep_hash() != cfg.sweep_hash()
+
+
+@pytest.mark.parametrize("name", ["dyt", "derf"])
+def test_a_short_training_run_fused_follows_the_eager_loss_curve(tmp_path, name: str) -> None:
+    """30 steps of fp32 training on CPU, same seed: the train losses agree within 1e-4 nats at every logged
+    step (measured: 1e-6; the fused forms round differently, about 1e-7 per element, and Adam carries that
+    along)."""
+    from normfree_bench.training.train import train_one
+
+    with private_cache(tmp_path):
+        corpus = write_word_corpus(tmp_path / "corpus.txt")
+        curves = {}
+        for impl in ("eager", "fused"):
+            cfg = load_run_config(overrides=parse_set([
+                f"baseline={name}", f"data.corpus={corpus}", "data.batch_size=8", "data.val_windows=4",
+                "model.d_model=32", "model.n_layers=2", "model.n_heads=4", "model.context_length=32",
+                f"model.norm_impl={impl}", "train.steps=30", "train.warmup_steps=3", "train.eval_interval=30",
+                "train.log_interval=5", "train.lr=0.003", "train.diagnostics=false", "train.threads=1"]))
+            result = train_one(cfg)
+            curves[impl] = [(p["step"], p["train_loss"]) for p in result.curve if not math.isnan(p["train_loss"])]
+    assert [s for s, _ in curves["eager"]] == [s for s, _ in curves["fused"]] and len(curves["eager"]) >= 6
+    first, last = curves["eager"][0][1], curves["eager"][-1][1]
+    assert last < first - 0.1  # it learned something, so the comparison is not of two flat lines
+    for (step, a), (_, b) in zip(curves["eager"], curves["fused"]):
+        assert abs(a - b) <= 1e-4, f"step {step}: eager {a:.5f} vs fused {b:.5f}"
+
+
+# ---- the speed suite -----------------------------------------------------------------------------
+def test_tiny_speed_run_has_consistent_floor_and_ratio_columns(tmp_path) -> None:
+    s = SpeedSettings(baselines=["layernorm", "dyt"], widths=[32], tokens=64,
+                      model_sizes=[{"d_model": 16, "n_layers": 1, "n_heads": 2, "context_length": 8}], batch_size=2,
+                      dtypes=["fp32", "bf16"], compile=False, impls=["eager", "compiled", "fused"], min_run_time=0.01)
+    rows = run_speed(s, tmp_path)
+    layer = [r for r in rows if r["bench"] == "layer"]
+    # --no-compile: no compiled rows; layernorm's fused form is its eager kernel, so it is not timed twice
+    assert {(r["baseline"], r["impl"]) for r in layer} == {("layernorm", "eager"), ("dyt", "eager"), ("dyt", "fused")}
+    for r in layer:
+        elem = 4 if r["dtype"] == "fp32" else 2
+        n = 64 * 32
+        assert r["min_bytes"] == (2 if r["mode"] == "fwd" else 5) * n * elem
+        assert 0 < r["copy_ms"] < r["time_ms"]  # a copy is the cheapest pass there is
+        assert r["floor_ms"] == pytest.approx(r["copy_ms"] * r["min_bytes"] / (2 * n * elem))
+        assert r["vs_floor"] == pytest.approx(r["time_ms"] / r["floor_ms"])
+        assert r["gb_per_s"] == pytest.approx(r["min_bytes"] / (r["time_ms"] / 1e3) / 1e9)
+        same = [q for q in layer
+                if q["baseline"] == "layernorm" and q["dtype"] == r["dtype"] and q["mode"] == r["mode"]]
+        assert r["vs_layernorm_best"] == pytest.approx(r["time_ms"] / min(q["time_ms"] for q in same))
+        # per implementation: against layernorm's eager, which is its fused kernel too
+        assert r["time_vs_layernorm"] == pytest.approx(r["time_ms"] / same[0]["time_ms"])
+    # one copy floor per dtype in the run
+    assert len({(r["dtype"], r["copy_ms"]) for r in layer}) == 2
+    model = [r for r in rows if r["bench"] == "model"]
+    assert {(r["baseline"], r["impl"]) for r in model} == {("layernorm", "eager"), ("dyt", "eager"), ("dyt", "fused")}
+    assert all(0 < r["norm_share_pct"] < 100 and r["norm_ms"] > 0 for r in model)
+    md = (tmp_path / "speed.md").read_text()
+    for column in ("impl", "copy_ms", "min_bytes", "vs_floor", "vs_layernorm_best", "norm_share_pct"):
+        assert column in md
+    assert "floor_ms" in (tmp_path / "speed.csv").read_text().splitlines()[0]
+
+
+def test_ratios_use_layernorms_fastest_implementation() -> None:
+    def row(name: str, impl: str, t: float) -> dict:
+        return {"bench": "layer", "baseline": name, "width": 8, "dtype": "fp32", "impl": impl,
+                "compiled": impl == "compiled", "mode": "fwd", "time_ms": t}
+
+    rows = [row("layernorm", "eager", 2.0), row("layernorm", "compiled", 1.0), row("dyt", "eager", 4.0),
+            row("dyt", "fused", 1.5), row("dyt", "compiled", 3.0),
+            {**row("layernorm", "eager", 9.0), "dtype": "bf16"}]
+    add_ratios(rows)
+    assert [r["vs_layernorm_best"] for r in rows[:5]] == [2.0, 1.0, 4.0, 1.5, 3.0]
+    assert [r["time_vs_layernorm"] for r in rows[:5]] == [1.0, 1.0, 2.0, 0.75, 3.0]  # fused vs layernorm eager
+    assert rows[5]["vs_layernorm_best"] == 1.0  # bf16 compared with bf16 only
+    models = [{"bench": "model", "baseline": "layernorm", "d_model": 8, "n_layers": 1, "dtype": "fp32",
+               "impl": impl, "compiled": whole, "train_tokens_per_s": tps, "infer_tokens_per_s": 1.0}
+              for impl, whole, tps in (("eager", False, 100.0), ("eager", True, 200.0))]
+    models.append({**models[0], "baseline": "dyt", "impl": "fused", "train_tokens_per_s": 150.0})
+    add_ratios(models)
+    assert models[2]["train_vs_layernorm"] == 1.5 and models[2]["train_vs_layernorm_best"] == 0.75
+
+
+class _Event:
+    def __init__(self, name: str, self_us: float, seq: int = -1, parent: _Event | None = None) -> None:
+        self.name, self.self_cpu_time_total, self.sequence_nr, self.cpu_parent = name, self_us, seq, parent
+
+
+def test_norm_time_is_attributed_by_range_and_by_sequence_number() -> None:
+    norm = _Event("norm_site", 1.0)
+    fwd = [norm, _Event("aten::mul", 10.0, 7, norm), _Event("aten::tanh", 20.0, 8, norm),
+           _Event("aten::empty", 4.0, -1, norm), _Event("aten::linear", 100.0, 9)]
+    bwd_norm = _Event("autograd::engine::evaluate_function: TanhBackward0", 2.0, 8)
+    bwd_other = _Event("autograd::engine::evaluate_function: AddmmBackward0", 3.0, 9)
+    accumulate = _Event("autograd::engine::evaluate_function: torch::autograd::AccumulateGrad", 5.0, -1)
+    events = [*fwd, bwd_norm, _Event("aten::tanh_backward", 30.0, -1, bwd_norm), bwd_other,
+              _Event("aten::mm", 200.0, -1, bwd_other), accumulate, _Event("Optimizer.step", 50.0)]
+    norm_us, total_us = attribute(events, cuda=False)
+    assert norm_us == 1 + 10 + 20 + 4 + 2 + 30 and total_us == sum(e.self_cpu_time_total for e in events)
+
+
+def test_speed_cli_refuses_an_unknown_implementation(tmp_path, capsys) -> None:
+    rc, _, err = cli(["speed", "--impls", "eager,turbo", "--out", str(tmp_path / "s")], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "--impls" in err and "eager, compiled, fused" in err
+    assert not (tmp_path / "s").exists()
+
+
+# ---- slow: torch.compile, Triton's interpreter -----------------------------------------------------
+@pytest.mark.slow
+def test_compiled_norms_match_eager_and_keep_the_state_dict() -> None:
+    cfg = ModelConfig(d_model=16, n_layers=2, n_heads=2, context_length=8)
+    torch.manual_seed(0)
+    eager = build_model("dyt", cfg)
+    torch.manual_seed(0)
+    compiled = build_model("dyt", replace(cfg, norm_impl="compiled"))
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    ids = torch.randint(0, 256, (2, 8))
+    torch.testing.assert_close(compiled(ids), eager(ids), atol=1e-5, rtol=1e-5)
+
+
+TRITON_CHECK = """
+import torch
+from normfree_bench.core.fused import fused_pointwise
+from normfree_bench.core.fused_triton import TritonPointwise
+for form in ("tanh", "sigmoid", "erf"):
+    for bias, shift in ((True, True), (False, False)):
+        g = torch.Generator().manual_seed(0)
+        x = (2 * torch.randn(70, 40, generator=g)).requires_grad_()
+        ps = [torch.tensor([0.7]), torch.randn(40, generator=g), torch.randn(40, generator=g) if bias else None,
+              torch.tensor([0.3]) if shift else None]
+        ps = [p.requires_grad_() if p is not None else None for p in ps]
+        ins = [t for t in (x, *ps) if t is not None]
+        dy = torch.randn(70, 40, generator=g)
+        y1 = TritonPointwise.apply(x, *ps, form)
+        y2 = fused_pointwise(x, *ps, form)
+        torch.testing.assert_close(y1, y2, atol=2e-6, rtol=1e-5)
+        for a, b in zip(torch.autograd.grad(y1, ins, dy), torch.autograd.grad(y2, ins, dy)):
+            torch.testing.assert_close(a, b, atol=1e-4 * float(b.abs().max()), rtol=1e-4)
+print("ok")
+"""
+
+
+@pytest.mark.slow
+def test_triton_kernels_agree_with_the_cpu_form_under_the_interpreter() -> None:
+    pytest.importorskip("triton")
+    proc = subprocess.run([sys.executable, "-c", TRITON_CHECK], capture_output=True, text=True, timeout=300,
+                          cwd=REPO, env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
