@@ -121,6 +121,15 @@ def smoke_dir(smoke: dict[str, Any]) -> Path:
     return smoke["dir"]
 
 
+# A plugin whose norm raises in forward: `baselines check` reports it, `run` refuses it before any trial.
+BOOM_PLUGIN = (
+    "from torch import nn\nfrom normfree_bench import Baseline, register_baseline\n\n\n"
+    "class Boom(nn.Module):\n    def forward(self, x):\n        raise RuntimeError('boom in forward')\n\n\n"
+    "@register_baseline\nclass BoomNorm(Baseline):\n    name = 'boomnorm'\n    description = 'forward raises'\n"
+    "    paper = 'https://example.org/boom'\n\n    def norm(self, dim, site, layer_idx, n_layers):\n"
+    "        return Boom()\n")
+
+
 def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
     """Every path under root with its bytes (files) and mtime."""
     return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else b"<dir>", p.stat().st_mtime_ns)

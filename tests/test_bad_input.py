@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from normfree_bench.cli import main
 from normfree_bench.tables.render import sort_rows
-from tests.conftest import cli, private_cache, snapshot, write_word_corpus
+from tests.conftest import BOOM_PLUGIN, cli, private_cache, snapshot, write_word_corpus
 
 BASE = {
     "model": {"d_model": 16, "n_layers": 1, "n_heads": 2, "context_length": 16},
@@ -321,12 +321,7 @@ def test_a_baseline_whose_forward_raises_is_refused_before_any_trial(world: dict
         monkeypatch.setattr(registry, name, type(getattr(registry, name))(getattr(registry, name)))
     root = world["root"]
     plugin = root / "boom_plugin.py"
-    plugin.write_text(
-        "from torch import nn\nfrom normfree_bench import Baseline, register_baseline\n\n\n"
-        "class Boom(nn.Module):\n    def forward(self, x):\n        raise RuntimeError('boom in forward')\n\n\n"
-        "@register_baseline\nclass BoomNorm(Baseline):\n    name = 'boomnorm'\n    description = 'forward raises'\n"
-        "    paper = 'https://example.org/boom'\n\n    def norm(self, dim, site, layer_idx, n_layers):\n"
-        "        return Boom()\n")
+    plugin.write_text(BOOM_PLUGIN)
     before = snapshot(root)
     rc, out, err = cli(["run", "--config", str(world["base"]), "--plugin", str(plugin), "--baselines",
                         "layernorm,boomnorm", "--out", str(root / "boom-run"), "--no-progress"], capsys)

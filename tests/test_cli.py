@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from normfree_bench.cli import main
-from tests.conftest import cli, private_cache, snapshot, write_word_corpus
+from tests.conftest import BOOM_PLUGIN, cli, private_cache, snapshot, write_word_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 BUILTINS = ["layernorm", "dyt", "fixup", "nf", "rezero", "rmsnorm", "skipinit"]
@@ -259,12 +259,7 @@ def test_baselines_check_builtin(capsys: pytest.CaptureFixture[str], root: Path)
 
 def test_baselines_check_plugin_whose_forward_raises(root: Path) -> None:
     plugin = root / "boom_plugin.py"
-    plugin.write_text(
-        "from torch import nn\nfrom normfree_bench import Baseline, register_baseline\n\n\n"
-        "class Boom(nn.Module):\n    def forward(self, x):\n        raise RuntimeError('boom in forward')\n\n\n"
-        "@register_baseline\nclass BoomNorm(Baseline):\n    name = 'boomnorm'\n    description = 'forward raises'\n"
-        "    paper = 'https://example.org/boom'\n\n    def norm(self, dim, site, layer_idx, n_layers):\n"
-        "        return Boom()\n")
+    plugin.write_text(BOOM_PLUGIN)
     proc = subprocess_cli(["baselines", "check", str(plugin)])
     assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
     assert "Traceback" not in proc.stdout + proc.stderr

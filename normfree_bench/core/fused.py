@@ -72,6 +72,21 @@ def _dbeta(ctx: Any, g: torch.Tensor) -> torch.Tensor | None:
     return _rows(g).sum(0) if ctx.has_bias and ctx.needs_input_grad[3] else None
 
 
+def _dshift(ctx: Any, du: torch.Tensor) -> torch.Tensor | None:
+    """ds = sum dL/du, when there is a shift and it needs a gradient."""
+    return du.sum().reshape(1) if ctx.has_shift and ctx.needs_input_grad[4] else None
+
+
+def _through_u(ctx: Any, du: torch.Tensor, x: torch.Tensor,
+               alpha: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(dx, dalpha) from dL/du with u = alpha x + s: dalpha = sum du x, dx = alpha du (du reused in place)."""
+    dalpha = None
+    if ctx.needs_input_grad[1]:
+        dalpha = torch.dot(du.reshape(-1), x.reshape(-1).to(du.dtype)).reshape(alpha.shape)
+    dx = du.mul_(alpha).to(x.dtype) if ctx.needs_input_grad[0] else None
+    return dx, dalpha
+
+
 class _SigmoidForm(torch.autograd.Function):
     """``gamma * (2 sigmoid(k (alpha x + s)) - 1) + beta``: tanh (k = 2) and the centred sigmoid (k = 1)."""
 
@@ -99,12 +114,8 @@ class _SigmoidForm(torch.autograd.Function):
         dbeta = _dbeta(ctx, g)
         # dL/du = 2 k gamma g sigma (1 - sigma), sigma (1 - sigma) from torch's fused sigmoid_backward.
         du = torch.ops.aten.sigmoid_backward(g, sig).mul_(2 * ctx.k * weight)
-        dshift = du.sum().reshape(1) if ctx.has_shift and ctx.needs_input_grad[4] else None
-        dalpha = None
-        if ctx.needs_input_grad[1]:
-            dalpha = torch.dot(du.reshape(-1), x.reshape(-1).to(du.dtype)).reshape(alpha.shape)
-        dx = du.mul_(alpha).to(x.dtype) if ctx.needs_input_grad[0] else None
-        return dx, dalpha, dgamma, dbeta, dshift, None
+        dshift = _dshift(ctx, du)  # before _through_u reuses du in place
+        return (*_through_u(ctx, du, x, alpha), dgamma, dbeta, dshift, None)
 
 
 class _ErfForm(torch.autograd.Function):
@@ -132,12 +143,8 @@ class _ErfForm(torch.autograd.Function):
         dbeta = _dbeta(ctx, g)
         # dL/du = gamma g 2/sqrt(pi) exp(-u^2)
         du = torch.square(u).neg_().exp_().mul_(g).mul_(TWO_OVER_SQRT_PI * weight)
-        dshift = du.sum().reshape(1) if ctx.has_shift and ctx.needs_input_grad[4] else None
-        dalpha = None
-        if ctx.needs_input_grad[1]:
-            dalpha = torch.dot(du.reshape(-1), x.reshape(-1).to(du.dtype)).reshape(alpha.shape)
-        dx = du.mul_(alpha).to(x.dtype) if ctx.needs_input_grad[0] else None
-        return dx, dalpha, dgamma, dbeta, dshift, None
+        dshift = _dshift(ctx, du)  # before _through_u reuses du in place
+        return (*_through_u(ctx, du, x, alpha), dgamma, dbeta, dshift, None)
 
 
 def _use_triton(x: torch.Tensor) -> bool:
