@@ -16,8 +16,9 @@ import pytest
 from scipy import stats
 
 from normfree_bench.config import SweepConfig
+from normfree_bench.errors import UserError
 from normfree_bench.tables import leaderboard as lb
-from normfree_bench.tables.render import render
+from normfree_bench.tables.render import render, sort_key, sort_rows
 
 L0, TRIVIAL, INF = 5.0, 4.0, math.inf
 GRID = [3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1]  # the default window's 1-3 points
@@ -343,3 +344,31 @@ def test_chosen_cells_pick_each_cells_arg_min_lr_with_ties_to_the_smaller() -> N
     merged = chosen_cells(records, [], l0)
     assert set(merged) == {("dyt", ()), ("layernorm", ())}
     assert merged[("dyt", ())] == 0.03  # (2.4 * 2 + 5) / 3 = 3.27 < (3 + 2 + 5) / 3 = 3.33 and 0.1's 4.0
+
+
+def test_interpolate_at_grid_points_between_them_and_on_a_one_point_grid() -> None:
+    from normfree_bench.tables.leaderboard import interpolate
+
+    curve = {1e-3: 3.0, 1e-2: 2.0, 1e-1: 4.0}
+    assert interpolate(curve, 1e-3) == 3.0 and interpolate(curve, 1e-2) == 2.0 and interpolate(curve, 1e-1) == 4.0
+    assert interpolate(curve, 10 ** -2.5) == pytest.approx(2.5)  # halfway in log10(LR)
+    assert interpolate(curve, 10 ** -1.25) == pytest.approx(3.5)
+    assert interpolate({3e-3: 2.7}, 3e-3) == 2.7  # a one-point grid
+
+
+def test_window_points_are_the_1_3_points_inside_any_window() -> None:
+    from normfree_bench.tables.leaderboard import window_points
+
+    assert window_points(3e-4, 3e-1) == [3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1]
+    assert window_points(2e-4, 0.25) == [3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]  # ends that are not 1-3 points
+    assert window_points(1.5e-3, 5e-3) == [3e-3]
+
+
+def test_sort_rows_by_an_axis_column_and_its_errors() -> None:
+    rows = [{"baseline": "dyt", "dyt.alpha_init": 2.0}, {"baseline": "dyt", "dyt.alpha_init": 0.5}]
+    assert [r["dyt.alpha_init"] for r in sort_rows(rows, "dyt.alpha_init")] == [0.5, 2.0]
+    assert sort_rows([], "best_lr") == [] and sort_rows(rows, None) is rows
+    with pytest.raises(UserError, match=r"^unknown sort column 'nope'; valid: baseline, dyt.alpha_init$"):
+        sort_rows(rows, "nope")
+    assert sorted([True, 1.0, False, 0], key=sort_key) == [False, 0, True, 1.0]  # booleans as 0/1, ties stable
+    assert sorted([1.0, True], key=sort_key) == [1.0, True]
