@@ -372,3 +372,31 @@ def test_sort_rows_by_an_axis_column_and_its_errors() -> None:
         sort_rows(rows, "nope")
     assert sorted([True, 1.0, False, 0], key=sort_key) == [False, 0, True, 1.0]  # booleans as 0/1, ties stable
     assert sorted([1.0, True], key=sort_key) == [1.0, True]
+
+
+def test_notes_under_a_text_table_explain_the_marks_and_name_each_rows_cell() -> None:
+    from normfree_bench.tables.render import notes
+
+    rows = [{"baseline": "layernorm", "dyt.alpha_init": None, "seq": None, "note": None},
+            {"baseline": "dyt", "dyt.alpha_init": 0.5, "seq": 64, "note": "failed: no learning: left out"},
+            {"baseline": "dyt", "dyt.alpha_init": 2.0, "seq": None, "note": "the grid misses the window"}]
+    assert notes(rows, ["dyt.alpha_init", "seq"]) == [
+        "≤ / ≥: censored at an edge of the LR grid (best LR, max stable LR, LR basin); - : no value (see the "
+        "notes); loss ± 95 % t-interval over the seeds named beside it",
+        "dyt (dyt.alpha_init=0.5, seq=64): failed: no learning: left out",
+        "dyt (dyt.alpha_init=2.0): the grid misses the window"]
+    assert notes(rows[1:2], []) == [notes([], [])[0], "dyt: failed: no learning: left out"]
+
+
+def test_render_defaults_formats_and_columns() -> None:
+    """github by default; JSON indented by two spaces; CSV with every column (not the text subset); a
+    wrong format names the valid ones."""
+    rows = lb.summarize([{"baseline": "layernorm", "lr": lr, "seed": 0, "final_val_loss": loss, "diverged": False}
+                         for lr, loss in ((1e-3, 3.0), (1e-2, 2.0), (1e-1, 2.5))], l0=math.log(256), trivial=3.3)
+    assert render(rows) == render(rows, "github") and render(rows).startswith("| baseline ")
+    assert render(rows, "json") == json.dumps(json.loads(render(rows, "json")), indent=2)
+    assert render(rows, "json").splitlines()[1] == "  {"
+    header = render(rows, "csv").splitlines()[0].split(",")
+    assert header == list(lb.LEADERBOARD_COLUMNS) and "best_val_loss_std" in header
+    with pytest.raises(UserError, match=r"^unknown format 'yaml'; valid: github, psql, latex, html, csv, json$"):
+        render(rows, "yaml")
