@@ -1,0 +1,99 @@
+"""Summarise a mutmut run into results/mutation/: the score per module and every surviving mutant.
+
+Usage: ``python dev/mutation_report.py [--out results/mutation]`` after ``mutmut run`` (``make mutation`` runs both)
+
+Reads mutmut's per-file results (``mutants/**/*.py.meta``: exit code per mutant; 1 or 3 killed, 0 survived,
+33/5 no test reached it, 36/24/152/255 timeout) and ``dev/equivalent_mutants.yaml`` (mutant name: the one-line
+reason it cannot change behaviour). Score per module = killed / (mutants - equivalent - not checked); a timeout
+counts as killed (the mutant hangs the tests), a mutant no test reaches counts as survived. Writes
+``scores.md``, ``scores.json`` and ``survivors.md`` (each survivor's diff, and the reason when it is equivalent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+from mutmut.mutation.diff_apply import get_diff_for_mutant
+
+KILLED, TIMEOUT, SURVIVED, NO_TESTS = {1, 3}, {24, 36, 152, 255, -24}, {0}, {5, 33}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def module_of(meta: Path, mutants: Path) -> str:
+    return str(meta.relative_to(mutants)).removesuffix(".meta")
+
+
+def collect(mutants: Path, equivalent: dict[str, str]) -> tuple[list[dict], list[dict]]:
+    rows, survivors = [], []
+    for meta in sorted(mutants.rglob("*.py.meta")):
+        codes: dict[str, int | None] = json.loads(meta.read_text())["exit_code_by_key"]
+        if not codes:
+            continue
+        module = module_of(meta, mutants)
+        counts = {"mutants": len(codes), "killed": 0, "timeout": 0, "survived": 0, "no_tests": 0,
+                  "equivalent": 0, "not_checked": 0}
+        for name, code in sorted(codes.items()):
+            if code is None:
+                counts["not_checked"] += 1
+                continue
+            if code in KILLED or code in TIMEOUT:
+                counts["killed" if code in KILLED else "timeout"] += 1
+                continue
+            if name in equivalent:
+                counts["equivalent"] += 1
+            else:
+                counts["survived" if code in SURVIVED else "no_tests"] += 1
+            survivors.append({"module": module, "mutant": name, "status": "survived" if code in SURVIVED
+                              else "no tests" if code in NO_TESTS else f"exit {code}",
+                              "equivalent": equivalent.get(name),
+                              "diff": get_diff_for_mutant(name, path=mutants / module)})
+        judged = counts["mutants"] - counts["equivalent"] - counts["not_checked"]
+        counts["score"] = (counts["killed"] + counts["timeout"]) / judged if judged else None
+        rows.append({"module": module, **counts})
+    return rows, survivors
+
+
+def write(out: Path, rows: list[dict], survivors: list[dict]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    total = {k: sum(r[k] for r in rows) for k in ("mutants", "killed", "timeout", "survived", "no_tests",
+                                                   "equivalent", "not_checked")}
+    judged = total["mutants"] - total["equivalent"] - total["not_checked"]
+    total["score"] = (total["killed"] + total["timeout"]) / judged if judged else None
+    (out / "scores.json").write_text(json.dumps({"modules": rows, "total": total}, indent=2) + "\n")
+    head = "| module | mutants | killed | timeout | survived | no tests | equivalent | not checked | score |"
+    lines = [head, "|" + "---|" * 9]
+    for r in [*rows, {"module": "**all**", **total}]:
+        score = "-" if r["score"] is None else f"{100 * r['score']:.1f} %"
+        lines.append(f"| {r['module']} | {r['mutants']} | {r['killed']} | {r['timeout']} | {r['survived']} | "
+                     f"{r['no_tests']} | {r['equivalent']} | {r['not_checked']} | {score} |")
+    (out / "scores.md").write_text("\n".join(lines) + "\n\nscore = (killed + timeout) / (mutants - equivalent - "
+                                   "not checked)\n")
+    parts = ["# Surviving mutants\n"]
+    for s in survivors:
+        why = f"equivalent: {s['equivalent']}" if s["equivalent"] else s["status"]
+        parts.append(f"## {s['mutant']} ({why})\n\n```diff\n{s['diff']}\n```\n")
+    (out / "survivors.md").write_text("\n".join(parts))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=str(ROOT / "results" / "mutation"))
+    p.add_argument("--mutants", default=str(ROOT / "mutants"))
+    args = p.parse_args(argv)
+    mutants = Path(args.mutants)
+    if not mutants.is_dir():
+        print(f"error: {mutants} does not exist; run `mutmut run` (or `make mutation`) first", file=sys.stderr)
+        return 2
+    equivalent = yaml.safe_load((ROOT / "dev" / "equivalent_mutants.yaml").read_text()) or {}
+    rows, survivors = collect(mutants, equivalent)
+    write(Path(args.out), rows, survivors)
+    print((Path(args.out) / "scores.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
