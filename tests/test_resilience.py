@@ -102,8 +102,10 @@ def _running_after_one_complete(run_dir: Path) -> bool:
         trials = study_trials(run_dir)
     except Exception:
         return False
-    states = [t.state.name for t in trials]
-    return "COMPLETE" in states and any(t.state.name == "RUNNING" and "worker" in t.user_attrs for t in trials)
+    done = [t for t in trials if t.state.name == "COMPLETE"]
+    # training has started: the running trial holds its whole grid point (every parameter a finished one has)
+    return bool(done) and any(t.state.name == "RUNNING" and "worker" in t.user_attrs
+                              and t.params.keys() == done[0].params.keys() for t in trials)
 
 
 def interrupt_mid_trial(root: Path, name: str, sig: int) -> tuple[Path, str, subprocess.Popen[str]]:
