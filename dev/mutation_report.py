@@ -50,7 +50,7 @@ def collect(mutants: Path, equivalent: dict[str, str]) -> tuple[list[dict], list
             survivors.append({"module": module, "mutant": name, "status": "survived" if code in SURVIVED
                               else "no tests" if code in NO_TESTS else f"exit {code}",
                               "equivalent": equivalent.get(name),
-                              "diff": get_diff_for_mutant(name, path=mutants / module)})
+                              "diff": get_diff_for_mutant(name, path=mutants / module).replace(f"{mutants}/", "")})
         judged = counts["mutants"] - counts["equivalent"] - counts["not_checked"]
         counts["score"] = (counts["killed"] + counts["timeout"]) / judged if judged else None
         rows.append({"module": module, **counts})
