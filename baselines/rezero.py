@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from normfree_bench import Baseline, register_baseline
-from normfree_bench.core.invariants import branches_are_silent
+from normfree_bench.core.invariants import gains_start_at
 from normfree_bench.core.layers import GatedResidual, Residual, Scale
 
 
@@ -68,7 +68,4 @@ class ReZero(Baseline):
         return GatedResidual(self._layer_alpha[layer_idx])
 
     def check_init(self, model, batch):
-        if self.hp["alpha_init"] == 0:
-            return branches_are_silent(model, batch)
-        return [f"{name}: alpha must start at {self.hp['alpha_init']:g}" for _, _, name, res in model.residual_sites()
-                if not torch.all(res.gain == self.hp["alpha_init"])]
+        return gains_start_at(model, batch, self.hp["alpha_init"])

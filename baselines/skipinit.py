@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from normfree_bench import Baseline, register_baseline
-from normfree_bench.core.invariants import branches_are_silent
+from normfree_bench.core.invariants import gains_start_at
 from normfree_bench.core.layers import GatedResidual, Residual
 
 
@@ -51,7 +51,4 @@ class SkipInit(Baseline):
                 nn.init.zeros_(model.head.bias)
 
     def check_init(self, model, batch):
-        if self.hp["gain_init"] == 0:
-            return branches_are_silent(model, batch)
-        return [f"{name}: alpha must start at {self.hp['gain_init']:g}" for _, _, name, res in model.residual_sites()
-                if not torch.all(res.gain == self.hp["gain_init"])]
+        return gains_start_at(model, batch, self.hp["gain_init"])

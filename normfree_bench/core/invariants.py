@@ -1,6 +1,7 @@
 """Checks that baselines declare about their model at init (used by ``Baseline.check_init``).
 
 Usage: ``problems = branches_are_silent(model, batch)  # [] when every block is the identity``;
+``problems = gains_start_at(model, batch, 0.0)  # ReZero's / SkipInit's residual gains at their init``;
 ``problems = sites_normalize(model, batch, "rmsnorm", eps=1e-6)  # [] when every site is that norm at init``
 """
 
@@ -33,6 +34,16 @@ def branches_are_silent(model: ModelView, batch: torch.Tensor, atol: float = 0.0
         for i, (a, b) in enumerate(zip(streams, streams[1:]))
         if not torch.allclose(a, b, rtol=0.0, atol=atol)
     ]
+
+
+def gains_start_at(model: ModelView, batch: torch.Tensor, value: float) -> list[str]:
+    """Every residual gate ``x + gain * F(x)`` starts at ``value``: for 0, every block is the identity on
+    ``batch`` (`branches_are_silent`, which also catches a branch that leaks past its gate); otherwise each
+    site's gain equals ``value``."""
+    if value == 0:
+        return branches_are_silent(model, batch)
+    return [f"{name}: alpha must start at {value:g}" for _, _, name, res in model.residual_sites()
+            if not torch.all(res.gain == value)]
 
 
 @torch.no_grad()
