@@ -84,6 +84,24 @@ def close_enough(got: torch.Tensor, want: torch.Tensor, atol: float, rtol: float
     assert excess <= 0, f"off by {excess:.3g} beyond the tolerance"
 
 
+def test_rational_tanh_is_within_its_documented_error_of_float64_tanh() -> None:
+    u = torch.linspace(-30, 30, 600_001)
+    want = torch.tanh(u.double())
+    err = (fused.rational_tanh(u).double() - want).abs()
+    assert err.max().item() <= fused.RATIONAL_TANH_ERR  # absolute, and relative where |tanh| >= 1e-3:
+    big = want.abs() >= 1e-3
+    assert (err[big] / want[big].abs()).max().item() <= fused.RATIONAL_TANH_ERR
+    assert fused.rational_tanh(torch.tensor([0.0, 100.0, -100.0])).tolist() == pytest.approx([0.0, 1.0, -1.0], abs=3e-7)
+
+
+@pytest.mark.parametrize("dtype, device, form, compiled", [
+    (torch.float32, "cpu", "tanh", True), (torch.bfloat16, "cpu", "sigmoid", True),
+    (torch.float64, "cpu", "tanh", False), (torch.float32, "cpu", "erf", False),
+    (torch.float32, "meta", "tanh", False)])
+def test_the_compiled_rational_path_is_taken_exactly_on_cpu_for_the_tanh_forms(dtype, device, form, compiled) -> None:
+    assert fused._use_compiled(torch.empty(2, 3, dtype=dtype, device=device), form) is compiled
+
+
 @pytest.mark.parametrize("form", list(FORMS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fused_module_agrees_with_eager_within_documented_tolerance(form: str, dtype: torch.dtype) -> None:

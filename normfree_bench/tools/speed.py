@@ -97,12 +97,15 @@ def gpu_peaks(device: str) -> tuple[float, float] | None:
 
 
 def _measure(fn: Callable[[], Any], min_run_time: float) -> tuple[float, float]:
-    """(median, interquartile range) in seconds of one call of ``fn``."""
+    """(median, interquartile range) in seconds of one call of ``fn``, with all of torch's intra-op threads
+    (``torch.utils.benchmark.Timer`` defaults to one thread: single-threaded figures, and a recompile of
+    every compiled kernel, whose thread count is part of its guards)."""
     # Imported here: torch.utils.benchmark imports torch.utils.cpp_extension, which logs a
     # "No CUDA runtime" warning on CPU hosts at import time, before the CLI can silence it.
     from torch.utils.benchmark import Timer
 
-    m = Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time)
+    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    m = timer.blocked_autorange(min_run_time=min_run_time)
     return m.median, m.iqr
 
 
@@ -186,7 +189,7 @@ def layer_rows(s: SpeedSettings) -> list[dict[str, Any]]:
                         torch._dynamo.reset()
                     layer = implement(copy.deepcopy(module).to(dev), impl, f"baseline '{name}'")
                     compile_s = _first_call(partial(norm_forward_backward, layer, x, dy, dev.type, amp),
-                                            impl == "compiled")
+                                            impl != "eager")
                     for mode, fn in (("fwd", partial(norm_forward, layer, x, dev.type, amp)),
                                      ("fwd+bwd", partial(norm_forward_backward, layer, x, dy, dev.type, amp))):
                         median, iqr = _measure(fn, s.min_run_time)
