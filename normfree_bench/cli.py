@@ -3,6 +3,7 @@
 Usage::
 
     normfree-bench run --suite smoke               # the LR sweep of every baseline, then the leaderboard
+    normfree-bench ladder --suite ladder-smoke     # the same sweep at growing widths, with cross-rung tables
     normfree-bench leaderboard runs/smoke --format latex
     normfree-bench train --baseline dyt --steps 300 --lr 3e-3 --out runs/dyt
     normfree-bench baselines list
@@ -27,19 +28,23 @@ from tabulate import tabulate
 from tqdm import tqdm
 
 from normfree_bench.analysis.analyze import analyze_run, csv_row
-from normfree_bench.config import NORM_IMPLS, load_run_config, merge, parse_set
+from normfree_bench.config import NORM_IMPLS, RunConfig, load_run_config, merge, parse_set
 from normfree_bench.config.suites import suite_path
 from normfree_bench.core.registry import check_hparams_section, discover, get_baseline, list_baselines, load_plugin
 from normfree_bench.data.task import check_fits, load_data
 from normfree_bench.errors import UserError
 from normfree_bench.io import write_json
 from normfree_bench.models.contract import check_baseline, init_state, tiny_config
+from normfree_bench.models.factory import build_model
 from normfree_bench.report import write_report
 from normfree_bench.store.rundir import check_train_dir, run_axes, run_studies, write_train_output
 from normfree_bench.store.storage import open_storage
 from normfree_bench.sweep.driver import run_sweep
+from normfree_bench.sweep.grid import grid_configs, sweep_baselines
+from normfree_bench.sweep.ladder import check_rungs, load_ladder, run_ladder
 from normfree_bench.sweep.worker import work_on_run
 from normfree_bench.tables.export import read_tables, write_plots, write_results
+from normfree_bench.tables.ladder import ladder_summary, render_ladder, write_ladder
 from normfree_bench.tables.render import render, sort_rows
 from normfree_bench.tools.overhead import measure_overhead
 from normfree_bench.tools.speed import SpeedSettings, render_tables, run_speed
@@ -188,6 +193,43 @@ def cmd_run(args: argparse.Namespace) -> int:
     rows = write_results(out, storage_url=args.storage)
     print(render(rows, "github", run_axes(record)))
     print(f"\nresults in {out}/ (leaderboard.md, trials.csv, curves.csv, plots/)")
+    return 0
+
+
+def reference_params(cfg: RunConfig) -> int:
+    """Parameters of the reference scheme's model under ``cfg`` (the ladder's token rule)."""
+    name = cfg.sweep.reference
+    model = build_model(name, cfg.model, **cfg.baseline_hparams(name))
+    return sum(p.numel() for p in model.parameters())
+
+
+def cmd_ladder(args: argparse.Namespace) -> int:
+    _load_plugins(args.plugin)
+    path = args.config or suite_path(args.suite or "ladder-smoke")
+    ladder = load_ladder(path, overrides_of(args))
+    out = Path(args.out or f"runs/{ladder.name}")
+    _check_writable(out)
+    baselines = sweep_baselines(ladder.base)
+    for cfg in check_rungs(ladder, reference_params):  # every rung's sizes and its grid, before any training
+        grid_configs(cfg, baselines)
+
+    def run_rung(cfg: RunConfig, rung_dir: Path) -> list[dict[str, Any]]:
+        print(f"== {cfg.description} -> {rung_dir}", file=sys.stderr)
+        run_sweep(cfg, rung_dir, storage_url=args.storage, progress=not args.no_progress, workers=args.workers)
+        return write_results(rung_dir, storage_url=args.storage)
+
+    try:
+        rungs = run_ladder(ladder, out, run_rung, reference_params, baselines)
+    except KeyboardInterrupt:
+        print(f"interrupted; finished rungs are in {out}; run the same command to resume", file=sys.stderr)
+        return 130
+    summary = ladder_summary(rungs, ladder.base.sweep.reference, ladder.ladder.gap_tol)
+    summary["rungs"] = [{"width": r["width"], "dirs": r["dirs"], "widened": r["widened"],
+                         "steps": r["config"].train.steps, "n_heads": r["config"].model.n_heads,
+                         "lr_grids": r["config"].sweep.lrs_by_baseline} for r in rungs]
+    write_ladder(out, summary)
+    print(render_ladder(summary))
+    print(f"ladder results in {out}/ (ladder.md, ladder.csv, ladder.json, plots/); each rung is a run directory")
     return 0
 
 
@@ -352,6 +394,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     _add_set(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("ladder", help="the benchmark at growing widths, each rung's LR grid zoomed on the last's")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--suite", help="a ladder suite in configs/ (ladder-smoke, ladder-cpu, ladder-gpu); "
+                     "default: ladder-smoke")
+    src.add_argument("--config", help="a YAML ladder config file")
+    p.add_argument("--baselines", help="comma-separated subset of baselines")
+    p.add_argument("--out", help="ladder directory (default runs/<suite>); each rung is a run directory in it")
+    p.add_argument("--storage", help="Optuna storage URL for every rung (default: sqlite study.db per rung)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--workers", type=int, default=1, help="worker processes per rung (as run --workers)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    _add_common(p)
+    _add_set(p)
+    p.set_defaults(func=cmd_ladder)
 
     p = sub.add_parser("worker", help="join a run's studies in a shared database and work until the grid is done")
     p.add_argument("--storage", required=True, help="the shared Optuna storage URL (e.g. postgresql+psycopg://...)")

@@ -166,6 +166,8 @@ def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
 def load_run_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Defaults, then the YAML file at ``path``, then ``overrides``, validated into a `RunConfig`."""
     data = read_yaml(path) if path is not None else {}
+    if "ladder" in data:
+        raise UserError(f"{path} is a ladder suite (it has a 'ladder' section); run it with `normfree-bench ladder`")
     return build_dataclass(RunConfig, merge(data, overrides or {}), "config")
 
 

@@ -217,6 +217,8 @@ class SweepConfig:
     lr_max: float = 1e-1
     n_lrs: int = 7
     lrs: list[float] | None = None  # explicit grid; overrides lr_min/lr_max/n_lrs (an empty list is an error)
+    # Per-baseline grids, replacing the shared one for the baselines named (the ladder's zoomed grids).
+    lrs_by_baseline: dict[str, list[float]] = field(default_factory=dict)
     seeds: int = 1  # seeds 0 .. seeds-1
     baselines: list[str] = field(default_factory=list)  # empty: every registered baseline of group "main"
     # Extra grid axes, "model.<field>" or "<baseline>.<hparam>": e.g. {"dyt.alpha_init": [0.5, 1.0]}.
@@ -259,12 +261,19 @@ class SweepConfig:
                 raise UserError(f"sweep.n_lrs must be >= 1, got {self.n_lrs}; the grid would be empty")
         if self.seeds < 1:
             raise UserError(f"sweep.seeds must be >= 1, got {self.seeds}")
+        for name, lrs in self.lrs_by_baseline.items():
+            if not isinstance(lrs, list) or not lrs or any(not (lr > 0 and math.isfinite(lr)) for lr in lrs):
+                raise UserError(f"sweep.lrs_by_baseline.{name} must be a non-empty list of finite learning rates "
+                                f"> 0, got {lrs}")
         for name, values in self.axes.items():
             if not isinstance(values, list) or not values:
                 raise UserError(f"sweep.axes.{name} must be a non-empty list of values")
 
-    def lr_grid(self) -> list[float]:
-        """The grid, ascending: explicit ``lrs`` or ``n_lrs`` log-spaced points in [lr_min, lr_max]."""
+    def lr_grid(self, baseline: str | None = None) -> list[float]:
+        """The grid, ascending: ``baseline``'s own grid in ``lrs_by_baseline``, else explicit ``lrs`` or
+        ``n_lrs`` log-spaced points in [lr_min, lr_max]."""
+        if baseline in self.lrs_by_baseline:
+            return sorted(float(lr) for lr in self.lrs_by_baseline[baseline])
         if self.lrs:
             return sorted(float(lr) for lr in self.lrs)
         if self.n_lrs == 1:
@@ -306,10 +315,13 @@ class RunConfig:
 
 
 def _hashed(data: dict[str, Any]) -> dict[str, Any]:
-    """The config as hashed: ``model.norm_impl`` left out when it is the default ``eager``, so that run
-    directories recorded before the key existed keep their hash (and resume)."""
+    """The config as hashed: ``model.norm_impl`` left out when it is the default ``eager``, and
+    ``sweep.lrs_by_baseline`` when it is empty, so that run directories recorded before those keys
+    existed keep their hash (and resume)."""
     if data.get("model", {}).get("norm_impl") == "eager":
         data = {**data, "model": {k: v for k, v in data["model"].items() if k != "norm_impl"}}
+    if "sweep" in data and not data["sweep"].get("lrs_by_baseline", True):
+        data = {**data, "sweep": {k: v for k, v in data["sweep"].items() if k != "lrs_by_baseline"}}
     return data
 
 

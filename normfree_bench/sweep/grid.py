@@ -73,7 +73,12 @@ def sweep_baselines(cfg: RunConfig) -> list[str]:
 
 def validate_axes(cfg: RunConfig, baselines: list[str]) -> None:
     """Each axis is ``model.<field>``, ``train.<field>`` or ``<baseline>.<hparam>`` of a registered
-    baseline; ``model.qk_norm`` x ``train.z_loss`` is the 2x2 ablation of Wortsman et al. 2023."""
+    baseline; ``model.qk_norm`` x ``train.z_loss`` is the 2x2 ablation of Wortsman et al. 2023.
+    A per-baseline LR grid must name a baseline of the sweep."""
+    for name in cfg.sweep.lrs_by_baseline:
+        if name not in baselines:
+            raise UserError(f"sweep.lrs_by_baseline names '{name}', which this sweep does not run; valid: "
+                            + ", ".join(baselines))
     for axis in cfg.sweep.axes:
         owner, _, key = axis.partition(".")
         if owner in SHARED_AXES:
@@ -93,7 +98,7 @@ def axes_for(cfg: RunConfig, baseline: str) -> Space:
 
 
 def search_space(cfg: RunConfig, baseline: str) -> Space:
-    return {"lr": cfg.sweep.lr_grid(), "seed": list(range(cfg.sweep.seeds)), **axes_for(cfg, baseline)}
+    return {"lr": cfg.sweep.lr_grid(baseline), "seed": list(range(cfg.sweep.seeds)), **axes_for(cfg, baseline)}
 
 
 def grid_configs(cfg: RunConfig, baselines: list[str]) -> list[tuple[str, RunConfig]]:
@@ -107,7 +112,7 @@ def grid_configs(cfg: RunConfig, baselines: list[str]) -> list[tuple[str, RunCon
         for values in product(*axes.values()):
             point = dict(zip(axes, values))
             try:
-                point_cfg = trial_config(cfg, baseline, {"lr": cfg.sweep.lr_grid()[0], "seed": 0, **point})
+                point_cfg = trial_config(cfg, baseline, {"lr": cfg.sweep.lr_grid(baseline)[0], "seed": 0, **point})
                 get_baseline(baseline).check_hparams(point_cfg.baseline_hparams(baseline))
             except UserError as exc:
                 where = ", ".join(f"{k}={v!r}" for k, v in point.items()) or "the shared config"

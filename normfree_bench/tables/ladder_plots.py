@@ -1,0 +1,98 @@
+"""Figures of a ladder across its rungs (PNG, written atomically into ``out_dir``).
+
+Usage: ``paths = ladder_plots(summary, Path("runs/ladder-smoke/plots"))``  (``summary``: tables.ladder.ladder_summary)
+
+- ``ladder_loss.png``: loss vs width (log2 x), one line per scheme over the rungs where it trained, error bars
+  where seeds give a CI; a failed cell is a grey "x" at the rung's worst trained loss.
+- ``ladder_gap.png``: gap to the reference vs width, a dashed line at 0.
+- ``ladder_lr.png``: best LR vs width (log-log), trained rungs only; the legend carries the fitted slope.
+- ``ladder_ranks.png``: rank flow, each scheme's rank per rung joined across rungs (1 at the top).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from normfree_bench.tables.plots import baseline_colors, save_figure
+
+
+def _series(summary: dict[str, Any], name: str, key: str, trained_only: bool = True) -> tuple[list, list, list]:
+    rows = [c for c in summary["cells"] if c["baseline"] == name and c[key] is not None
+            and (c["verdict"] == "trained" or not trained_only)]
+    return [c["width"] for c in rows], [c[key] for c in rows], rows
+
+
+def ladder_plots(summary: dict[str, Any], out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = [s["baseline"] for s in summary["schemes"]]
+    colors = baseline_colors(names)
+    widths = summary["widths"]
+    paths = []
+
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    for name in names:
+        x, y, rows = _series(summary, name, "loss")
+        err = [c["loss_ci95"] or 0.0 for c in rows]
+        ax.errorbar(x, y, yerr=err, marker="o", color=colors[name], label=name, capsize=3)
+    for w in widths:
+        trained = [c["loss"] for c in summary["cells"] if c["width"] == w and c["verdict"] == "trained"
+                   and c["loss"] is not None]
+        failed = [c for c in summary["cells"] if c["width"] == w and c["verdict"] != "trained"]
+        if failed and trained:
+            ax.scatter([w] * len(failed), [max(trained)] * len(failed), marker="x", color="grey", zorder=3)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("d_model")
+    ax.set_ylabel("validation loss (held-out seeds where run)")
+    ax.set_title("Loss vs width (grey x: a scheme that failed at that rung)")
+    ax.legend(fontsize=8)
+    paths.append(save_figure(fig, out_dir / "ladder_loss.png"))
+
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    for name in names:
+        if name == summary["reference"]:
+            continue
+        x, y, rows = _series(summary, name, "gap_to_reference")
+        err = [c["gap_ci95"] or 0.0 for c in rows]
+        ax.errorbar(x, y, yerr=err, marker="o", color=colors[name], label=name, capsize=3)
+    ax.axhline(0.0, ls="--", color="black", lw=1)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("d_model")
+    ax.set_ylabel(f"loss - {summary['reference']}'s loss")
+    ax.set_title(f"Gap to {summary['reference']} vs width")
+    ax.legend(fontsize=8)
+    paths.append(save_figure(fig, out_dir / "ladder_gap.png"))
+
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    slopes = {s["baseline"]: s["lr_width_slope"] for s in summary["schemes"]}
+    for name in names:
+        x, y, _ = _series(summary, name, "best_lr")
+        slope = slopes[name]
+        label = f"{name} (slope {slope:.2f})" if slope is not None else name
+        ax.plot(x, y, marker="o", color=colors[name], label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("d_model")
+    ax.set_ylabel("best LR")
+    ax.set_title("Best LR vs width (log-log; slope of log LR on log width)")
+    ax.legend(fontsize=8)
+    paths.append(save_figure(fig, out_dir / "ladder_lr.png"))
+
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    for name in names:
+        x, y, _ = _series(summary, name, "rank", trained_only=False)
+        ax.plot(x, y, marker="o", color=colors[name], label=name)
+    ax.set_xscale("log", base=2)
+    ax.invert_yaxis()
+    ax.set_xlabel("d_model")
+    ax.set_ylabel("rank (1 = lowest loss; failed schemes last)")
+    ax.set_title("Rank flow between rungs")
+    ax.legend(fontsize=8)
+    paths.append(save_figure(fig, out_dir / "ladder_ranks.png"))
+    return paths
