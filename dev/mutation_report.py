@@ -5,7 +5,9 @@ Usage: ``python dev/mutation_report.py [--out results/mutation]`` after ``mutmut
 Reads mutmut's per-file results (``mutants/**/*.py.meta``: exit code per mutant; 1 or 3 killed, 0 survived,
 33/5 no test reached it, 36/24/152/255 timeout) and ``dev/equivalent_mutants.yaml`` (mutant name: the one-line
 reason it cannot change behaviour). Score per module = killed / (mutants - equivalent - not checked); a timeout
-counts as killed (the mutant hangs the tests), a mutant no test reaches counts as survived. Writes
+counts as killed (the mutant hangs the tests), a mutant no test reaches counts as survived. When only a
+sample of a module's mutants was checked (dev/mutation_sample.py), the score estimates the module's and its
+95 % Wilson interval is given (none when every mutant was checked: the score is then exact). Writes
 ``scores.md``, ``scores.json`` and ``survivors.md`` (each survivor's diff, and the reason when it is equivalent).
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -21,6 +24,23 @@ from mutmut.mutation.diff_apply import get_diff_for_mutant
 
 KILLED, TIMEOUT, SURVIVED, NO_TESTS = {1, 3}, {24, 36, 152, 255, -24}, {0}, {5, 33}
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion k / n (n > 0)."""
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def score(counts: dict) -> tuple[float | None, list[float] | None]:
+    """(score, its 95 % interval when the module was sampled) from a row's counts."""
+    judged = counts["mutants"] - counts["equivalent"] - counts["not_checked"]
+    if not judged:
+        return None, None
+    killed = counts["killed"] + counts["timeout"]
+    return killed / judged, list(wilson(killed, judged)) if counts["not_checked"] else None
 
 
 def module_of(meta: Path, mutants: Path) -> str:
@@ -51,8 +71,7 @@ def collect(mutants: Path, equivalent: dict[str, str]) -> tuple[list[dict], list
                               else "no tests" if code in NO_TESTS else f"exit {code}",
                               "equivalent": equivalent.get(name),
                               "diff": get_diff_for_mutant(name, path=mutants / module).replace(f"{mutants}/", "")})
-        judged = counts["mutants"] - counts["equivalent"] - counts["not_checked"]
-        counts["score"] = (counts["killed"] + counts["timeout"]) / judged if judged else None
+        counts["score"], counts["ci95"] = score(counts)
         rows.append({"module": module, **counts})
     return rows, survivors
 
@@ -61,17 +80,20 @@ def write(out: Path, rows: list[dict], survivors: list[dict]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     total = {k: sum(r[k] for r in rows) for k in ("mutants", "killed", "timeout", "survived", "no_tests",
                                                    "equivalent", "not_checked")}
-    judged = total["mutants"] - total["equivalent"] - total["not_checked"]
-    total["score"] = (total["killed"] + total["timeout"]) / judged if judged else None
+    # Pooled over modules sampled equally, not in proportion to their size: no interval for the whole.
+    total["score"], total["ci95"] = score(total)[0], None
     (out / "scores.json").write_text(json.dumps({"modules": rows, "total": total}, indent=2) + "\n")
-    head = "| module | mutants | killed | timeout | survived | no tests | equivalent | not checked | score |"
-    lines = [head, "|" + "---|" * 9]
+    head = ("| module | mutants | killed | timeout | survived | no tests | equivalent | not checked | score "
+            "| 95 % CI (sampled) |")
+    lines = [head, "|" + "---|" * 10]
     for r in [*rows, {"module": "**all**", **total}]:
-        score = "-" if r["score"] is None else f"{100 * r['score']:.1f} %"
+        shown = "-" if r["score"] is None else f"{100 * r['score']:.1f} %"
+        ci = "-" if r["ci95"] is None else f"{100 * r['ci95'][0]:.0f}–{100 * r['ci95'][1]:.0f} %"
         lines.append(f"| {r['module']} | {r['mutants']} | {r['killed']} | {r['timeout']} | {r['survived']} | "
-                     f"{r['no_tests']} | {r['equivalent']} | {r['not_checked']} | {score} |")
+                     f"{r['no_tests']} | {r['equivalent']} | {r['not_checked']} | {shown} | {ci} |")
     (out / "scores.md").write_text("\n".join(lines) + "\n\nscore = (killed + timeout) / (mutants - equivalent - "
-                                   "not checked)\n")
+                                   "not checked); the interval is the 95 % Wilson interval of a sampled "
+                                   "module's score (none where every mutant was checked)\n")
     parts = ["# Surviving mutants\n"]
     for s in survivors:
         why = f"equivalent: {s['equivalent']}" if s["equivalent"] else s["status"]
