@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+import torch
 from tabulate import tabulate
 from tqdm import tqdm
 
@@ -175,16 +176,32 @@ def _stds(values: list[float]) -> str:
     return ", ".join(f"{v:.3g}" for v in values)
 
 
+def workers_of(args: argparse.Namespace, cfg: RunConfig) -> int:
+    """``--workers N``, or ``--workers-per-device N`` times the CUDA devices (a CUDA-only option)."""
+    per_device = getattr(args, "workers_per_device", None)
+    if per_device is None:
+        return args.workers
+    if per_device < 1:
+        raise UserError(f"--workers-per-device must be >= 1, got {per_device}")
+    if args.workers != 1:
+        raise UserError("--workers and --workers-per-device both given; valid: one of them")
+    if resolve_device(cfg.train.device) != "cuda":
+        raise UserError("--workers-per-device needs a CUDA device, and this run is on the CPU; valid on a CPU: "
+                        "--workers N")
+    return per_device * torch.cuda.device_count()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     _load_plugins(args.plugin)
     path = args.config or suite_path(args.suite or "default")
     cfg = load_run_config(path, overrides_of(args))
     out = Path(args.out or f"runs/{Path(path).stem}")
     _check_writable(out)
+    workers = workers_of(args, cfg)
 
     try:
         record = run_sweep(cfg, out, storage_url=args.storage, force_new=args.force_new,
-                           progress=not args.no_progress, workers=args.workers)
+                           progress=not args.no_progress, workers=workers)
     except KeyboardInterrupt:
         if (out / "config.yaml").is_file():
             write_results(out, storage_url=args.storage)
@@ -212,10 +229,12 @@ def cmd_ladder(args: argparse.Namespace) -> int:
     baselines = sweep_baselines(ladder.base)
     for cfg in check_rungs(ladder, reference_params):  # every rung's sizes and its grid, before any training
         grid_configs(cfg, baselines)
+    workers_of(args, ladder.base)
 
     def run_rung(cfg: RunConfig, rung_dir: Path) -> list[dict[str, Any]]:
         print(f"== {cfg.description} -> {rung_dir}", file=sys.stderr)
-        run_sweep(cfg, rung_dir, storage_url=args.storage, progress=not args.no_progress, workers=args.workers)
+        run_sweep(cfg, rung_dir, storage_url=args.storage, progress=not args.no_progress,
+                  workers=workers_of(args, cfg))
         return write_results(rung_dir, storage_url=args.storage)
 
     try:
@@ -389,7 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--force-new", action="store_true", help="start a new study even if the config changed")
     p.add_argument("--workers", type=int, default=1,
-                   help="worker processes on this machine (one per GPU on CUDA; CPU threads are split)")
+                   help="worker processes on this machine (spread over the GPUs on CUDA; CPU threads are split)")
+    p.add_argument("--workers-per-device", type=int, metavar="N",
+                   help="CUDA only: N worker processes per GPU, each training its own trial")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_common(p)
     _add_set(p)
@@ -405,6 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="Optuna storage URL for every rung (default: sqlite study.db per rung)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--workers", type=int, default=1, help="worker processes per rung (as run --workers)")
+    p.add_argument("--workers-per-device", type=int, metavar="N", help="CUDA only: N workers per GPU (as run)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     _add_common(p)
     _add_set(p)

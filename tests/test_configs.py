@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from normfree_bench.config import ModelConfig, SweepConfig, load_run_config
+from normfree_bench.config import ModelConfig, SweepConfig, load_run_config, read_yaml
 from normfree_bench.config.suites import configs_dir, list_suites, suite_path
 from normfree_bench.core.registry import get_baseline
 from normfree_bench.errors import UserError
 from normfree_bench.sweep.grid import sweep_baselines, validate_axes
+from normfree_bench.sweep.ladder import check_rungs, load_ladder
 
 SUITES = sorted(configs_dir().glob("*.yaml"))
 
@@ -22,7 +23,14 @@ def test_required_suites_exist():
 
 @pytest.mark.parametrize("path", SUITES, ids=lambda p: p.stem)
 def test_every_config_validates(path: Path):
-    cfg = load_run_config(path)
+    if "ladder" in read_yaml(path):  # a ladder suite: its run config and every rung's sizes
+        from normfree_bench.cli import reference_params
+
+        ladder = load_ladder(path)
+        assert len(check_rungs(ladder, reference_params)) == len(ladder.ladder.widths)
+        cfg = ladder.base
+    else:
+        cfg = load_run_config(path)
     baselines = sweep_baselines(cfg)
     validate_axes(cfg, baselines)
     for name, hparams in cfg.hparams.items():

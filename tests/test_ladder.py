@@ -164,6 +164,35 @@ def test_ladder_summary_against_hand_computed_figures() -> None:
     assert by["layernorm"]["gap_verdict"] == "reference"
 
 
+def test_ladder_plots_draw_the_summary_figures() -> None:
+    from normfree_bench.tables.ladder_plots import ladder_figures
+
+    rungs = [{"width": 64, "rows": [row("layernorm", 2.5, 3e-3), row("dyt", 3.3, 1e-3, trained=False)]},
+             {"width": 128, "rows": [row("layernorm", 2.3, 1.5e-3), row("dyt", 2.45, 1e-3)]}]
+    figs = ladder_figures(ladder_summary(rungs, "layernorm", gap_tol=0.02))
+    assert set(figs) == {"ladder_loss", "ladder_gap", "ladder_lr", "ladder_ranks"}
+
+    def lines(name: str) -> dict[str, tuple[list, list]]:
+        ax = figs[name].axes[0]
+        assert ax.get_xscale() == "log" and ax.get_xlabel() == "d_model"
+        labelled = [(ln.get_label(), ln) for ln in ax.get_lines() if not ln.get_label().startswith("_")]
+        labelled += [(c.get_label(), c.lines[0]) for c in ax.containers]  # errorbar: the label is the container's
+        return {label: (list(ln.get_xdata()), list(ln.get_ydata())) for label, ln in labelled}
+
+    loss = lines("ladder_loss")
+    assert loss["layernorm"] == ([64, 128], [2.5, 2.3]) and loss["dyt"] == ([128], [2.45])  # trained rungs only
+    failed = [c for c in figs["ladder_loss"].axes[0].collections if c.get_offsets().shape[0] == 1
+              and list(c.get_offsets()[0]) == [64, 2.5]]
+    assert failed  # dyt's failed cell at width 64, drawn at that rung's worst trained loss
+    assert lines("ladder_gap")["dyt"][1] == pytest.approx([0.15])
+    lr = lines("ladder_lr")
+    assert lr["layernorm (slope -1.00)"] == ([64, 128], [3e-3, 1.5e-3])
+    assert figs["ladder_lr"].axes[0].get_yscale() == "log"
+    ranks_ = lines("ladder_ranks")
+    assert ranks_["dyt"] == ([64, 128], [2.0, 2.0]) and ranks_["layernorm"] == ([64, 128], [1.0, 1.0])
+    assert figs["ladder_ranks"].axes[0].yaxis_inverted()
+
+
 def test_a_gap_change_inside_its_confidence_band_is_stable() -> None:
     rungs = [{"width": w, "rows": [row("layernorm", 2.0, 1e-3, ci=0.05), row("nf", 2.0 + g, 1e-3, ci=0.05)]}
              for w, g in ((64, 0.10), (128, 0.15))]
@@ -237,5 +266,20 @@ def test_per_baseline_grids_replace_the_shared_one_and_keep_old_hashes() -> None
 def test_bad_per_baseline_grids_exit_2_before_any_work(tmp_path, capsys, setting: str, message: str) -> None:
     out = tmp_path / "run"
     rc, _, err = cli(["run", "--suite", "smoke", "--out", str(out), "--set", setting, "--no-progress"], capsys)
+    assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["run", "ladder"])
+@pytest.mark.parametrize("flags, message", [
+    (["--workers-per-device", "2"], "--workers-per-device needs a CUDA device, and this run is on the CPU"),
+    (["--workers-per-device", "0"], "--workers-per-device must be >= 1, got 0"),
+    (["--workers", "2", "--workers-per-device", "1"], "--workers and --workers-per-device both given"),
+])
+def test_workers_per_device_is_a_cuda_option_refused_in_one_line(tmp_path, capsys, command, flags, message) -> None:
+    out = tmp_path / "out"
+    suite = "smoke" if command == "run" else "ladder-smoke"
+    rc, _, err = cli([command, "--suite", suite, "--out", str(out), "--device", "cpu", "--no-progress", *flags],
+                     capsys)
     assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()

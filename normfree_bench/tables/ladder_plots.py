@@ -25,12 +25,27 @@ def _series(summary: dict[str, Any], name: str, key: str, trained_only: bool = T
     return [c["width"] for c in rows], [c[key] for c in rows], rows
 
 
+def _finish(fig: Figure, ax: Any, ylabel: str, title: str) -> Figure:
+    """The axes every ladder plot shares: width on a log2 x axis, labels, legend."""
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("d_model")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return fig
+
+
 def ladder_plots(summary: dict[str, Any], out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
+    return [save_figure(fig, out_dir / f"{name}.png") for name, fig in ladder_figures(summary).items()]
+
+
+def ladder_figures(summary: dict[str, Any]) -> dict[str, Figure]:
+    """The four figures by file stem, before saving (the tests read their artists)."""
     names = [s["baseline"] for s in summary["schemes"]]
     colors = baseline_colors(names)
     widths = summary["widths"]
-    paths = []
+    figs = {}
 
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
@@ -44,12 +59,8 @@ def ladder_plots(summary: dict[str, Any], out_dir: Path) -> list[Path]:
         failed = [c for c in summary["cells"] if c["width"] == w and c["verdict"] != "trained"]
         if failed and trained:
             ax.scatter([w] * len(failed), [max(trained)] * len(failed), marker="x", color="grey", zorder=3)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("d_model")
-    ax.set_ylabel("validation loss (held-out seeds where run)")
-    ax.set_title("Loss vs width (grey x: a scheme that failed at that rung)")
-    ax.legend(fontsize=8)
-    paths.append(save_figure(fig, out_dir / "ladder_loss.png"))
+    figs["ladder_loss"] = _finish(fig, ax, "validation loss (held-out seeds where run)",
+                                  "Loss vs width (grey x: a scheme that failed at that rung)")
 
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
@@ -60,12 +71,8 @@ def ladder_plots(summary: dict[str, Any], out_dir: Path) -> list[Path]:
         err = [c["gap_ci95"] or 0.0 for c in rows]
         ax.errorbar(x, y, yerr=err, marker="o", color=colors[name], label=name, capsize=3)
     ax.axhline(0.0, ls="--", color="black", lw=1)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("d_model")
-    ax.set_ylabel(f"loss - {summary['reference']}'s loss")
-    ax.set_title(f"Gap to {summary['reference']} vs width")
-    ax.legend(fontsize=8)
-    paths.append(save_figure(fig, out_dir / "ladder_gap.png"))
+    figs["ladder_gap"] = _finish(fig, ax, f"loss - {summary['reference']}'s loss",
+                                 f"Gap to {summary['reference']} vs width")
 
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
@@ -75,24 +82,14 @@ def ladder_plots(summary: dict[str, Any], out_dir: Path) -> list[Path]:
         slope = slopes[name]
         label = f"{name} (slope {slope:.2f})" if slope is not None else name
         ax.plot(x, y, marker="o", color=colors[name], label=label)
-    ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.set_xlabel("d_model")
-    ax.set_ylabel("best LR")
-    ax.set_title("Best LR vs width (log-log; slope of log LR on log width)")
-    ax.legend(fontsize=8)
-    paths.append(save_figure(fig, out_dir / "ladder_lr.png"))
+    figs["ladder_lr"] = _finish(fig, ax, "best LR", "Best LR vs width (log-log; slope of log LR on log width)")
 
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
     for name in names:
         x, y, _ = _series(summary, name, "rank", trained_only=False)
         ax.plot(x, y, marker="o", color=colors[name], label=name)
-    ax.set_xscale("log", base=2)
     ax.invert_yaxis()
-    ax.set_xlabel("d_model")
-    ax.set_ylabel("rank (1 = lowest loss; failed schemes last)")
-    ax.set_title("Rank flow between rungs")
-    ax.legend(fontsize=8)
-    paths.append(save_figure(fig, out_dir / "ladder_ranks.png"))
-    return paths
+    figs["ladder_ranks"] = _finish(fig, ax, "rank (1 = lowest loss; failed schemes last)", "Rank flow between rungs")
+    return figs
