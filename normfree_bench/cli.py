@@ -38,6 +38,7 @@ from normfree_bench.io import write_json
 from normfree_bench.models.contract import check_baseline, init_state, tiny_config
 from normfree_bench.models.factory import build_model
 from normfree_bench.report import write_report
+from normfree_bench.report.ladder_html import is_ladder_dir, write_ladder_report
 from normfree_bench.store.rundir import check_train_dir, run_axes, run_studies, write_train_output
 from normfree_bench.store.storage import open_storage
 from normfree_bench.sweep.driver import run_sweep
@@ -313,7 +314,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    print(f"report written to {write_report(Path(args.run_dir))}")
+    run_dir = Path(args.run_dir)
+    path = write_ladder_report(run_dir) if is_ladder_dir(run_dir) else write_report(run_dir)
+    print(f"report written to {path}")
     return 0
 
 
@@ -480,7 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="the storage URL, when the run's has a password (not stored)")
     p.set_defaults(func=cmd_analyze)
 
-    p = sub.add_parser("report", help="write RUN_DIR/report.html: leaderboard, plots, analysis and provenance")
+    p = sub.add_parser("report", help="write RUN_DIR/report.html: leaderboard, plots, analysis and provenance "
+                       "(a ladder directory: the cross-rung page and every rung's report)")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.set_defaults(func=cmd_report)
 

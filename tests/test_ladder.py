@@ -203,6 +203,48 @@ def test_a_gap_change_inside_its_confidence_band_is_stable() -> None:
     assert s["schemes"][1]["gap_verdict"] == "growing"  # no CI: only gap_tol
 
 
+def html_tables(page: str) -> list[list[list[str]]]:
+    """Every <table> of an HTML page as rows of cell texts (header row first)."""
+    from html.parser import HTMLParser
+
+    class Tables(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tables: list[list[list[str]]] = []
+            self.cell: list[str] | None = None
+
+        def handle_starttag(self, tag: str, attrs: list) -> None:
+            if tag == "table":
+                self.tables.append([])
+            elif tag == "tr":
+                self.tables[-1].append([])
+            elif tag in ("td", "th"):
+                self.cell = []
+
+        def handle_endtag(self, tag: str) -> None:
+            if tag in ("td", "th") and self.cell is not None:
+                self.tables[-1][-1].append("".join(self.cell).strip())
+                self.cell = None
+
+        def handle_data(self, data: str) -> None:
+            if self.cell is not None:
+                self.cell.append(data)
+
+    parser = Tables()
+    parser.feed(page)
+    return parser.tables
+
+
+def test_report_refuses_a_broken_ladder_summary_in_one_line(tmp_path, capsys) -> None:
+    (tmp_path / "ladder.json").write_text('{"widths": [16, 32]}')
+    rc, _, err = cli(["report", str(tmp_path)], capsys)
+    assert rc == 2 and "is not a ladder summary" in err and len(err.strip().splitlines()) == 1
+    (tmp_path / "ladder.json").write_text("{not json")
+    rc, _, err = cli(["report", str(tmp_path)], capsys)
+    assert rc == 2 and "cannot be read as a ladder summary" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "report.html").exists()
+
+
 # ---- a real ladder-smoke run --------------------------------------------------------------------------
 @pytest.mark.slow
 def test_ladder_smoke_runs_resumes_and_reports_each_rung(tmp_path, capsys) -> None:
@@ -235,6 +277,20 @@ def test_ladder_smoke_runs_resumes_and_reports_each_rung(tmp_path, capsys) -> No
     for name in ("ladder_loss", "ladder_gap", "ladder_lr", "ladder_ranks"):
         assert (out / "plots" / f"{name}.png").is_file()
     assert "Rank agreement" in stdout
+    # the ladder's report: the verdict table as computed, the four plots, and every rung's own report linked
+    rc, _, err = cli(["report", str(out)], capsys)
+    assert rc == 0, err
+    page = (out / "report.html").read_text()
+    tables = html_tables(page)
+    verdicts = {r[0]: r for r in tables[0][1:]}
+    for s in summary["schemes"]:
+        assert verdicts[s["baseline"]][3] == s["gap_verdict"]
+        assert verdicts[s["baseline"]][1] == (", ".join(map(str, s["trained_at"])) or "–")
+    assert len(tables[1]) == 1 + len(summary["cells"])
+    assert page.count("data:image/png;base64,") == 4
+    for rung in summary["rungs"]:
+        for d in rung["dirs"]:
+            assert f'href="{d}/report.html"' in page and (out / d / "report.html").is_file()
     # re-running resumes: no rung trains again
     trials_before = {d: (out / d / "trials.csv").read_text() for r in summary["rungs"] for d in r["dirs"]}
     rc, _, err = cli(["ladder", "--suite", "ladder-smoke", "--out", str(out), "--no-progress"], capsys)
