@@ -192,12 +192,18 @@ def workers_of(args: argparse.Namespace, cfg: RunConfig) -> int:
     return per_device * torch.cuda.device_count()
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _suite_and_out(args: argparse.Namespace, default_suite: str) -> tuple[Path, Path]:
+    """The plugins loaded, then (the suite or config file, the writable output directory, default runs/<stem>)."""
     _load_plugins(args.plugin)
-    path = args.config or suite_path(args.suite or "default")
-    cfg = load_run_config(path, overrides_of(args))
-    out = Path(args.out or f"runs/{Path(path).stem}")
+    path = Path(args.config or suite_path(args.suite or default_suite))
+    out = Path(args.out or f"runs/{path.stem}")
     _check_writable(out)
+    return path, out
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    path, out = _suite_and_out(args, "default")
+    cfg = load_run_config(path, overrides_of(args))
     workers = workers_of(args, cfg)
 
     try:
@@ -222,11 +228,8 @@ def reference_params(cfg: RunConfig) -> int:
 
 
 def cmd_ladder(args: argparse.Namespace) -> int:
-    _load_plugins(args.plugin)
-    path = args.config or suite_path(args.suite or "ladder-smoke")
+    path, out = _suite_and_out(args, "ladder-smoke")
     ladder = load_ladder(path, overrides_of(args))
-    out = Path(args.out or f"runs/{ladder.name}")
-    _check_writable(out)
     baselines = sweep_baselines(ladder.base)
     for cfg in check_rungs(ladder, reference_params):  # every rung's sizes and its grid, before any training
         grid_configs(cfg, baselines)

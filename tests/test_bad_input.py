@@ -302,7 +302,8 @@ def test_train_records_what_it_resolved_and_refuses_another_configs_output(world
                       "--no-progress"], capsys)
     assert rc == 0, err
     record = yaml.safe_load((out / "config.yaml").read_text())
-    assert record["kind"] == "train" and record["resolved"] == {"device": "cpu", "precision": "32-true", "threads": 1}
+    assert record["kind"] == "train" and record["resolved"] == {"device": "cpu", "precision": "32-true", "threads": 1,
+                                                             "compile": False}
     rc, _, err = cli(["train", "--config", str(world["base"]), "--baseline", "layernorm", "--out", str(out),
                       "--no-progress"], capsys)
     assert rc == 0, err  # the same config again reproduces the same output

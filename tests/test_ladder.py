@@ -307,6 +307,7 @@ def test_per_baseline_grids_replace_the_shared_one_and_keep_old_hashes() -> None
     data = cfg.to_dict()
     assert data["sweep"].pop("lrs_by_baseline") == {}
     data["model"].pop("norm_impl")
+    data["train"].pop("compile")
     assert cfg.config_hash() == config_hash(data)  # runs recorded before the key existed still resume
     own = load_run_config(suite_path("smoke"), parse_set(["sweep.lrs_by_baseline={dyt: [0.3, 0.03]}"]))
     assert search_space(own, "dyt")["lr"] == [0.03, 0.3]
@@ -317,6 +318,7 @@ def test_per_baseline_grids_replace_the_shared_one_and_keep_old_hashes() -> None
 @pytest.mark.parametrize("setting, message", [
     ("sweep.lrs_by_baseline={dyt: []}", "sweep.lrs_by_baseline.dyt must be a non-empty list"),
     ("sweep.lrs_by_baseline={dyt: [0.01, -1]}", "sweep.lrs_by_baseline.dyt must be a non-empty list"),
+    ("sweep.lrs_by_baseline={dyt: [abc, true]}", "sweep.lrs_by_baseline.dyt must be a non-empty list"),
     ("sweep.lrs_by_baseline={nosuch: [0.01]}", "sweep.lrs_by_baseline names 'nosuch', which this sweep does not"),
 ])
 def test_bad_per_baseline_grids_exit_2_before_any_work(tmp_path, capsys, setting: str, message: str) -> None:

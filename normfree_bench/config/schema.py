@@ -166,6 +166,8 @@ class TrainConfig:
     precision: str = "auto"  # auto: bf16-mixed on CUDA, 32-true on CPU
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    # torch.compile the model for the training steps (evaluation stays eager); None: on CUDA, not on CPU.
+    compile: bool | None = None
 
     def __post_init__(self) -> None:
         check_finite("train", ("lr", self.lr), ("min_lr_ratio", self.min_lr_ratio),
@@ -262,7 +264,9 @@ class SweepConfig:
         if self.seeds < 1:
             raise UserError(f"sweep.seeds must be >= 1, got {self.seeds}")
         for name, lrs in self.lrs_by_baseline.items():
-            if not isinstance(lrs, list) or not lrs or any(not (lr > 0 and math.isfinite(lr)) for lr in lrs):
+            if not isinstance(lrs, list) or not lrs or any(
+                    isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (lr > 0 and math.isfinite(lr))
+                    for lr in lrs):
                 raise UserError(f"sweep.lrs_by_baseline.{name} must be a non-empty list of finite learning rates "
                                 f"> 0, got {lrs}")
         for name, values in self.axes.items():
@@ -315,13 +319,15 @@ class RunConfig:
 
 
 def _hashed(data: dict[str, Any]) -> dict[str, Any]:
-    """The config as hashed: ``model.norm_impl`` left out when it is the default ``eager``, and
-    ``sweep.lrs_by_baseline`` when it is empty, so that run directories recorded before those keys
-    existed keep their hash (and resume)."""
+    """The config as hashed: ``model.norm_impl`` left out when it is the default ``eager``,
+    ``sweep.lrs_by_baseline`` when it is empty and ``train.compile`` when it is the default (None), so that
+    run directories recorded before those keys existed keep their hash (and resume)."""
     if data.get("model", {}).get("norm_impl") == "eager":
         data = {**data, "model": {k: v for k, v in data["model"].items() if k != "norm_impl"}}
     if "sweep" in data and not data["sweep"].get("lrs_by_baseline", True):
         data = {**data, "sweep": {k: v for k, v in data["sweep"].items() if k != "lrs_by_baseline"}}
+    if "train" in data and data["train"].get("compile", False) is None:
+        data = {**data, "train": {k: v for k, v in data["train"].items() if k != "compile"}}
     return data
 
 

@@ -27,7 +27,8 @@ from normfree_bench.training.train import CURVE_FIELDS, RunResult
 KEY_COLUMNS = ("trial", "baseline", "phase", "lr", "seed")  # lead every row of trials.csv, curves.csv, ...
 TRIAL_COLUMNS = (*KEY_COLUMNS, "status", "value", "final_val_loss", "best_val_loss", "final_val_perplexity",
                  "final_val_accuracy", "diverged", "diverged_step", "diverged_reason", "spiked", "n_spikes",
-                 "max_train_loss", "steps", "tokens", "tokens_per_s", "wall_s", "train_s", "eval_s", "params", "error")
+                 "max_train_loss", "steps", "tokens", "tokens_per_s", "wall_s", "train_s", "eval_s", "compile_s",
+                 "params", "error")
 _LEGACY_CURVE = ("step", "train_loss", "val_loss", "grad_norm")
 
 

@@ -173,6 +173,7 @@ def compute_summary(trials: list[dict[str, Any]]) -> dict[str, Any]:
     return {"complete_trials": len(done), "diverged_trials": len(diverged),
             "steps": int(total(done, "steps")), "diverged_steps": int(total(diverged, "steps")),
             "train_s": round(total(done, "train_s"), 3), "diverged_train_s": round(total(diverged, "train_s"), 3),
+            "compile_s": round(total(done, "compile_s"), 3),  # train.compile: apart from the step time
             "trial_wall_s": round(wall, 3),
             # setup (model, Trainer), evaluation and I/O inside trials, as a share of their wall time
             "outside_train_share": round(1 - total(done, "train_s") / wall, 4) if wall else None}

@@ -32,9 +32,14 @@ from normfree_bench.training.guard import DivergenceGuard
 class LitModel(pl.LightningModule):
     """Training of a `Transformer` under its baseline: causal byte-level LM or ViT classification."""
 
-    def __init__(self, model: Transformer, train_cfg: TrainConfig, guard: DivergenceGuard) -> None:
+    def __init__(self, model: Transformer, train_cfg: TrainConfig, guard: DivergenceGuard,
+                 compile_model: bool = False) -> None:
         super().__init__()
         self.model = model
+        # The training steps' forward: ``torch.compile(model)`` when compiling (kept out of the module tree, so
+        # the state dict and parameter list stay the model's), else the model; evaluation and the diagnostics'
+        # hooks run the eager model.
+        self.__dict__["train_forward"] = torch.compile(model) if compile_model else model
         self.cfg = train_cfg
         self.guard = guard
         # The validation loss is the token- (or image-) weighted mean over the validation batches, kept as two
@@ -74,12 +79,12 @@ class LitModel(pl.LightningModule):
         self.last_grad_norm = self.model.baseline.clip_gradients(self.model, self.cfg.grad_clip)
 
     # ---- steps ---------------------------------------------------------------------------------
-    def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model(x)  # LM: (B, T, V); ViT: (B, classes)
+    def loss(self, x: torch.Tensor, y: torch.Tensor, training: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = (self.train_forward if training else self.model)(x)  # LM: (B, T, V); ViT: (B, classes)
         return task_loss(logits, y), logits
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        loss, logits = self.loss(*batch)
+        loss, logits = self.loss(*batch, training=True)
         objective = loss
         if self.cfg.z_loss > 0:  # PaLM's z-loss keeps log Z of the output softmax near 0
             objective = loss + self.cfg.z_loss * torch.logsumexp(logits.float(), dim=-1).square().mean()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -52,6 +53,7 @@ class RunResult:
     wall_s: float
     train_s: float
     eval_s: float
+    compile_s: float  # train.compile: the first training step's time beyond a later step's median (0: eager)
     params: int
     device: str
     precision: str
@@ -85,12 +87,18 @@ def resolve_precision(precision: str, device: str) -> str:
     return precision
 
 
+def resolve_compile(compile_model: bool | None, device: str) -> bool:
+    """``train.compile``: as set, or (None) on CUDA and not on CPU."""
+    return device == "cuda" if compile_model is None else compile_model
+
+
 def resolved_settings(cfg: RunConfig) -> dict[str, Any]:
-    """What a run of ``cfg`` actually uses here: device, precision and torch threads (recorded as run,
-    not as requested)."""
+    """What a run of ``cfg`` actually uses here: device, precision, torch threads and whether the training
+    steps are compiled (recorded as run, not as requested)."""
     device = resolve_device(cfg.train.device)
     return {"device": device, "precision": resolve_precision(cfg.train.precision, device),
-            "threads": cfg.train.threads or torch.get_num_threads()}
+            "threads": cfg.train.threads or torch.get_num_threads(),
+            "compile": resolve_compile(cfg.train.compile, device)}
 
 
 class _EvalTimer(pl.Callback):
@@ -105,6 +113,28 @@ class _EvalTimer(pl.Callback):
 
     def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         self.eval_s += time.perf_counter() - self._t0
+
+
+class _StepTimer(pl.Callback):
+    """Wall time of each training step, for the compile time: the first step's time beyond the median of the
+    later ones (on CUDA the later steps' times are their host-side launch times, so this bounds it from above)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._t0 = 0.0
+
+    def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self.times.append(time.perf_counter() - self._t0)
+
+    def compile_s(self) -> float:
+        if len(self.times) < 2:
+            return 0.0
+        return max(0.0, self.times[0] - statistics.median(self.times[1:]))
 
 
 def quiet_lightning() -> None:
@@ -144,14 +174,16 @@ def train_one(cfg: RunConfig, *, corpus: TaskData | None = None, callbacks: list
     model = build_model(cfg.baseline, cfg.model, **cfg.baseline_hparams())
     guard = DivergenceGuard(l0=cfg.model.initial_loss, margin=cfg.guard.margin,
                             patience=cfg.guard.patience)
-    module = LitModel(model, cfg.train, guard)
+    compiling = resolve_compile(cfg.train.compile, device)
+    module = LitModel(model, cfg.train, guard, compile_model=compiling)
     timer = _EvalTimer()
+    steps_timer = _StepTimer()
     trainer = pl.Trainer(
         accelerator="gpu" if device == "cuda" else "cpu", devices=1, precision=precision,
         max_steps=cfg.train.steps, val_check_interval=cfg.train.eval_interval, check_val_every_n_epoch=None,
         num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_model_summary=False,
         enable_progress_bar=progress_bar, deterministic=device == "cpu",
-        callbacks=[timer, *(callbacks or [])],
+        callbacks=[timer, steps_timer, *(callbacks or [])],
     )
     t_fit = time.perf_counter()
     try:
@@ -170,7 +202,8 @@ def train_one(cfg: RunConfig, *, corpus: TaskData | None = None, callbacks: list
     final_metric = module.val_points[-1][2] if vals else math.nan
     guard.finish(final_val, steps)
     finite_vals = [v for v in vals if math.isfinite(v)]
-    train_s = max(fit_s - timer.eval_s, 1e-9)
+    compile_s = steps_timer.compile_s() if compiling else 0.0
+    train_s = max(fit_s - timer.eval_s - compile_s, 1e-9)
     tokens = steps * cfg.data.batch_size * cfg.model.n_tokens  # ViT: patches
     return RunResult(
         baseline=cfg.baseline, lr=cfg.train.lr, seed=cfg.train.seed, l0=guard.l0,
@@ -180,7 +213,7 @@ def train_one(cfg: RunConfig, *, corpus: TaskData | None = None, callbacks: list
         diverged_step=guard.diverged_step,
         diverged_reason=guard.reason, spiked=guard.spiked, spikes=[asdict(s) for s in guard.spikes],
         max_train_loss=guard.max_loss, steps=steps, tokens=tokens, tokens_per_s=tokens / train_s,
-        wall_s=time.perf_counter() - t_start, train_s=train_s, eval_s=timer.eval_s,
+        wall_s=time.perf_counter() - t_start, train_s=train_s, eval_s=timer.eval_s, compile_s=compile_s,
         params=model.num_params(), device=device, precision=precision, curve=merge_curve(module),
         diagnostics=module.diagnostics,
     )
