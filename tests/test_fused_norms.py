@@ -139,6 +139,23 @@ def test_fused_under_autocast_matches_eager_and_returns_the_input_dtype() -> Non
     close_enough(y_fast, y_eager, fused.FP32_ATOL, fused.FP32_RTOL)
 
 
+def test_eager_dyt_under_bf16_autocast_computes_in_fp32_as_the_official_module() -> None:
+    """The official DynamicTanh (facebookresearch/DyT) computes ``tanh(alpha * x) * weight + bias`` with fp32
+    parameters: alpha, a 1-element fp32 tensor, promotes a bf16 x to fp32, so the squashing runs in fp32 under
+    autocast. Ours does too, and returns x's dtype (the next Linear casts to bf16 under autocast anyway)."""
+    torch.manual_seed(0)
+    m = PointwiseNorm(32, nn.Tanh(), alpha_init=0.7)
+    with torch.no_grad():
+        m.weight.normal_()
+        m.bias.normal_()
+    x = (3 * torch.randn(64, 32)).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = m(x)
+        official = torch.tanh(m.alpha * x) * m.weight + m.bias
+    assert official.dtype == torch.float32 and ours.dtype == torch.bfloat16
+    assert torch.equal(ours, official.to(torch.bfloat16))
+
+
 # ---- model.norm_impl -----------------------------------------------------------------------------
 def test_norm_impl_is_validated_with_one_line_listing_the_choices(tmp_path, capsys) -> None:
     with pytest.raises(UserError, match=r"^invalid model.norm_impl 'fast'; valid: eager, compiled, fused$"):
