@@ -47,6 +47,16 @@ def test_each_rung_follows_the_width_and_token_rules() -> None:
     assert cfgs[1].train.steps > cfgs[0].train.steps  # more parameters, more tokens
 
 
+def test_a_token_exponent_below_one_gives_wider_rungs_fewer_tokens_per_parameter() -> None:
+    ladder = smoke_ladder(token_exponent=0.5, tokens_per_param=2.0)
+    cfgs = check_rungs(ladder, reference_params)
+    n0, n1 = (reference_params(c) for c in cfgs)
+    per_step = ladder.base.data.batch_size * ladder.base.model.context_length
+    assert cfgs[0].train.steps == math.floor(2.0 * n0 / per_step)
+    assert cfgs[1].train.steps == math.floor(2.0 * n0 * math.sqrt(n1 / n0) / per_step)
+    assert cfgs[1].train.steps * per_step / n1 < cfgs[0].train.steps * per_step / n0
+
+
 def test_zoomed_grid_is_centred_in_log_space_and_widening_keeps_the_spacing() -> None:
     assert zoomed_grid(1e-2, 0.5, 3) == pytest.approx([10 ** -2.5, 1e-2, 10 ** -1.5], rel=1e-5)
     grid = zoomed_grid(1e-3, 1.0, 5)  # half-decade spacing
@@ -64,6 +74,8 @@ def test_zoomed_grid_is_centred_in_log_space_and_widening_keeps_the_spacing() ->
     ("ladder.zoom_half_width=0", "ladder.zoom_half_width must be > 0 decades"),
     ("ladder.zoom_half_width=-1", "ladder.zoom_half_width must be > 0 decades"),
     ("ladder.zoom_points=1", "ladder.zoom_points must be >= 2"),
+    ("ladder.token_exponent=0", "ladder.token_exponent must be in (0, 1]"),
+    ("ladder.token_exponent=1.5", "ladder.token_exponent must be in (0, 1]"),
     ("ladder.gap_tol=-0.1", "ladder.gap_tol must be >= 0"),
 ])
 def test_bad_ladder_configs_exit_2_with_one_line_before_any_work(tmp_path, capsys, setting: str, message: str) -> None:

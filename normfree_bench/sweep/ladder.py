@@ -7,10 +7,13 @@ A ladder suite is an ordinary suite (the first rung's model, data, training, gua
 
 - **Width**: ``model.d_model`` = ``ladder.widths[i]``, ``model.n_heads`` = d_model / ``ladder.head_dim``
   (the head width stays fixed); depth, context, batch and everything else as the suite (a width ladder).
-- **Length**: the rung trains on ``ladder.tokens_per_param`` x N tokens, N the parameter count of the
-  reference scheme's model at that width, so ``train.steps`` = floor(tokens_per_param x N / (batch_size x
-  context_length)); warm-up, evaluation and logging intervals and the guard's patience keep the fraction of
-  the run they have in the suite (rounded, at least 1 step).
+- **Length**: the rung trains on ``ladder.tokens_per_param`` x N0 x (N / N0) ^ ``ladder.token_exponent``
+  tokens, N the parameter count of the reference scheme's model at that width and N0 at the first rung. With
+  the default exponent 1 that is a fixed ``tokens_per_param`` x N; an exponent below 1 gives the wider rungs
+  fewer tokens per parameter (a budget that fits a CPU, and a ladder at a sub-proportional budget).
+  ``train.steps`` = floor(tokens / (batch_size x context_length)); warm-up, evaluation and logging
+  intervals and the guard's patience keep the fraction of the run they have in the suite (rounded, at least
+  1 step).
 - **LR grid**: the first rung sweeps the suite's grid. Each later rung gives every scheme its own grid
   (``sweep.lrs_by_baseline``): ``ladder.zoom_points`` log-spaced LRs over +- ``ladder.zoom_half_width``
   decades around the scheme's best LR at the previous rung; a scheme that did not train there (no best LR
@@ -46,7 +49,8 @@ class LadderConfig:
 
     widths: list[int] = field(default_factory=list)  # d_model per rung, strictly increasing
     head_dim: int = 16  # n_heads = d_model / head_dim at every rung
-    tokens_per_param: float = 1.0  # training tokens per parameter of the reference scheme's model
+    tokens_per_param: float = 1.0  # training tokens per parameter of the reference scheme's model (first rung)
+    token_exponent: float = 1.0  # tokens grow as (N / N0) ^ token_exponent; 1: a fixed tokens_per_param
     zoom_half_width: float = 0.5  # decades either side of the previous rung's best LR
     zoom_points: int = 5  # LRs per zoomed grid
     gap_tol: float = 0.02  # nats: a smaller change of the gap to the reference counts as stable
@@ -63,6 +67,9 @@ class LadderConfig:
             raise UserError(f"every ladder width must be a multiple of ladder.head_dim={self.head_dim}, got {w}")
         if not (math.isfinite(self.tokens_per_param) and self.tokens_per_param > 0):
             raise UserError(f"ladder.tokens_per_param must be a finite number > 0, got {self.tokens_per_param}")
+        if not (math.isfinite(self.token_exponent) and 0 < self.token_exponent <= 1):
+            raise UserError(f"ladder.token_exponent must be in (0, 1] (tokens grow with parameters, at most in "
+                            f"proportion), got {self.token_exponent}")
         if not (math.isfinite(self.zoom_half_width) and self.zoom_half_width > 0):
             raise UserError(f"ladder.zoom_half_width must be > 0 decades, got {self.zoom_half_width}")
         if not (math.isfinite(self.gap_tol) and self.gap_tol >= 0):
@@ -117,20 +124,33 @@ def scaled(value: int, fraction: float) -> int:
     return max(1, round(value * fraction))
 
 
+def sized_config(ladder: Ladder, i: int) -> RunConfig:
+    """The suite's config at rung ``i``'s width (the width rule alone)."""
+    width = ladder.ladder.widths[i]
+    return replace(ladder.base, model=replace(ladder.base.model, d_model=width,
+                                              n_heads=width // ladder.ladder.head_dim))
+
+
+def rung_tokens(ladder: Ladder, n: int, n0: int) -> float:
+    """Training tokens of a rung whose reference model has ``n`` parameters (``n0`` at the first rung)."""
+    lad = ladder.ladder
+    return lad.tokens_per_param * n0 * (n / n0) ** lad.token_exponent
+
+
 def rung_config(ladder: Ladder, i: int, grids: dict[str, list[float]], count_params: Callable[[RunConfig], int],
                 ) -> RunConfig:
     """Rung ``i``'s run config: the width and length rules, and ``grids`` as the per-scheme LR grids."""
     base, lad = ladder.base, ladder.ladder
     width = lad.widths[i]
-    model = replace(base.model, d_model=width, n_heads=width // lad.head_dim)
-    sized = replace(base, model=model)
-    n = count_params(sized)
+    sized = sized_config(ladder, i)
+    model = sized.model
+    n, n0 = count_params(sized), count_params(sized_config(ladder, 0))
     per_step = base.data.batch_size * base.model.context_length
-    steps = math.floor(lad.tokens_per_param * n / per_step)
+    steps = math.floor(rung_tokens(ladder, n, n0) / per_step)
     if steps < 1:
         raise UserError(f"ladder.tokens_per_param={lad.tokens_per_param:g} gives 0 training steps at width {width} "
                         f"({n} parameters, {per_step} tokens per step); valid: at least "
-                        f"{per_step / n:.3g} tokens per parameter")
+                        f"{per_step / n0:.3g} tokens per parameter")
     frac = steps / base.train.steps
     train = replace(base.train, steps=steps, warmup_steps=min(steps, round(base.train.warmup_steps * frac)),
                     eval_interval=scaled(base.train.eval_interval, frac),
