@@ -131,8 +131,8 @@ def test_layer_reprs_name_their_settings() -> None:
     from normfree_bench.core.layers import GatedResidual, PointwiseNorm
 
     norm = PointwiseNorm(8, nn.Tanh(), alpha_init=0.25, bias=True)
-    assert norm.extra_repr() == "alpha_init=0.25, bias=True"
-    shifted = PointwiseNorm(8, nn.Tanh(), alpha_init=2.0, bias=False, shift=0.5)
-    assert shifted.extra_repr() == "alpha_init=2, bias=False, shift_init=0.5"
+    assert norm.extra_repr() == "alpha_init=0.25, gain=True, bias=True"
+    shifted = PointwiseNorm(8, nn.Tanh(), alpha_init=2.0, bias=False, shift=0.5, gain=False)
+    assert shifted.extra_repr() == "alpha_init=2, gain=False, bias=False, shift_init=0.5"
     assert GatedResidual(nn.Parameter(torch.zeros(4))).extra_repr() == "shape=(4,), learnable=True"
     assert GatedResidual(torch.zeros(1)).extra_repr() == "shape=(1,), learnable=False"

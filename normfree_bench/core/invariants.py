@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from normfree_bench.core.baseline import ModelView
+from normfree_bench.core.layers import affine_flags
 
 
 @torch.no_grad()
@@ -85,4 +86,16 @@ def sites_normalize(model: ModelView, batch: torch.Tensor, kind: str, eps: float
             err = (y - want).abs().max().item() if y.shape == want.shape else float("nan")
             problems.append(f"{name}: {type(module).__name__} is not the identity-affine {kind} with eps {site_eps:g} "
                             f"at init (max |output - expected| = {err:.3g})")
+    return problems
+
+
+def affine_problems(name: str, module: nn.Module, affine: str, model_bias: bool) -> list[str]:
+    """The norm ``module`` at site ``name`` has the gain and bias ``affine`` asks for (`affine_flags`), no more."""
+    gain, bias = affine_flags(affine, model_bias)
+    problems = []
+    if (getattr(module, "weight", None) is not None) != gain:
+        problems.append(f"{name}: affine '{affine}' {'needs a' if gain else 'takes no'} gain gamma")
+    if (getattr(module, "bias", None) is not None) != bias:
+        problems.append(f"{name}: affine '{affine}' with model.bias={model_bias} {'needs a' if bias else 'takes no'} "
+                        "bias beta")
     return problems

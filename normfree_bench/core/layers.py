@@ -76,8 +76,9 @@ class PointwiseNorm(nn.Module):
     """``gamma * f(alpha * x + s) + beta`` with a scalar alpha: DyT (f = tanh) and its relatives.
 
     ``s`` is an optional learnable scalar shift (Derf's); ``shift=None`` creates no parameter, so a
-    DyT state dict has exactly ``alpha``, ``weight`` and ``bias``. Computed in fp32 and cast back, for
-    parity with RMSNorm's fp32 upcast under autocast.
+    DyT state dict has exactly ``alpha``, ``weight`` and ``bias``; ``gain=False`` drops gamma (``weight``) and
+    ``bias=False`` beta, for the affine study (``hparams.<scheme>.affine``). Computed in fp32 and cast back, as
+    the official DyT module does (its 1-element fp32 alpha promotes bf16 activations) and RMSNorm upcasts.
 
     ``fused_form`` (None: the eager ops below) selects the fused autograd Function of
     normfree_bench.core.fused, e.g. ``"tanh"``; `normfree_bench.core.norm_impl.implement` sets it for
@@ -85,11 +86,11 @@ class PointwiseNorm(nn.Module):
     """
 
     def __init__(self, dim: int, fn: nn.Module, alpha_init: float, bias: bool = True,
-                 shift: float | None = None, fused_form: str | None = None) -> None:
+                 shift: float | None = None, fused_form: str | None = None, gain: bool = True) -> None:
         super().__init__()
         self.fn = fn
         self.alpha = nn.Parameter(torch.full((1,), float(alpha_init)))
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.weight = nn.Parameter(torch.ones(dim)) if gain else None
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
         self.shift = nn.Parameter(torch.full((1,), float(shift))) if shift is not None else None
         self.fused_form = fused_form
@@ -104,8 +105,11 @@ class PointwiseNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused_form is not None:
-            return fused_pointwise(x, self.alpha, self.weight, self.bias, self.shift, self.fused_form)
-        y = self.squash(x) * self.weight.float()
+            weight = self.weight if self.weight is not None else torch.ones(x.shape[-1], device=x.device)
+            return fused_pointwise(x, self.alpha, weight, self.bias, self.shift, self.fused_form)
+        y = self.squash(x)
+        if self.weight is not None:
+            y = y * self.weight.float()
         if self.bias is not None:
             y = y + self.bias.float()
         return y.to(x.dtype)
@@ -113,13 +117,25 @@ class PointwiseNorm(nn.Module):
     def extra_repr(self) -> str:
         shift = "" if self.shift is None else f", shift_init={self.shift.item():.4g}"
         fused = "" if self.fused_form is None else f", fused={self.fused_form}"
-        return f"alpha_init={self.alpha.item():.4g}, bias={self.bias is not None}{shift}{fused}"
+        return (f"alpha_init={self.alpha.item():.4g}, gain={self.weight is not None}, bias={self.bias is not None}"
+                f"{shift}{fused}")
 
 
-def make_norm(kind: str, dim: int, bias: bool, eps: float = 1e-5) -> nn.Module:
-    """``make_norm("layernorm" | "rmsnorm" | "none", dim, bias)``: the standard norm modules."""
+# A norm's learnable affine map (``hparams.<scheme>.affine``): gain and bias, gain only, or neither.
+AFFINES = ("both", "gamma", "none")
+
+
+def affine_flags(affine: str, model_bias: bool) -> tuple[bool, bool]:
+    """(gain, bias) of a norm site under ``affine``; the bias only where the model has biases
+    (``model.bias``, as every linear layer): ``both`` in the LLaMA flavour is a gain alone."""
+    return affine != "none", model_bias and affine == "both"
+
+
+def make_norm(kind: str, dim: int, bias: bool, eps: float = 1e-5, gain: bool = True) -> nn.Module:
+    """``make_norm("layernorm" | "rmsnorm" | "none", dim, bias)``: the standard norm modules (``gain=False``:
+    LayerNorm without its affine map, ``elementwise_affine=False``)."""
     if kind == "layernorm":
-        return nn.LayerNorm(dim, eps=eps, bias=bias)
+        return nn.LayerNorm(dim, eps=eps, elementwise_affine=gain, bias=bias and gain)
     if kind == "rmsnorm":
         return nn.RMSNorm(dim, eps=eps)
     if kind == "none":

@@ -38,7 +38,8 @@ from torch import nn
 
 from normfree_bench.config import ModelConfig
 from normfree_bench.core.baseline import Baseline, ModelView
-from normfree_bench.core.layers import PointwiseNorm, Scale, make_norm
+from normfree_bench.core.invariants import affine_problems
+from normfree_bench.core.layers import PointwiseNorm, Scale, affine_flags, make_norm
 
 # width -> (alpha_0 before attention, alpha_0 elsewhere), DyT paper Table 11 (LLaMA, depth-independent).
 ALPHA_BY_WIDTH: dict[int, tuple[float, float]] = {
@@ -97,10 +98,11 @@ class PointwiseBaseline(Baseline):
         "alpha_init_other": None,
         "embed_scale": True,  # the learnable sqrt(d) scalar after the embedding (LM only)
         "sites_with_layernorm": [],  # ablation: keep LayerNorm at these sites, e.g. ["final"]
+        "affine": "both",  # gamma and beta (beta only with model.bias), gamma alone, or neither (AdaNorm's study)
     }
     hparam_types: ClassVar[dict[str, Any]] = {
         "alpha_init": float | None, "alpha_init_attn": float | None, "alpha_init_other": float | None,
-        "sites_with_layernorm": list[Literal["attn", "mlp", "final"]],
+        "sites_with_layernorm": list[Literal["attn", "mlp", "final"]], "affine": Literal["both", "gamma", "none"],
     }
 
     def __init__(self, config: ModelConfig, **hparams: Any) -> None:
@@ -123,8 +125,9 @@ class PointwiseBaseline(Baseline):
         if site in self.hp["sites_with_layernorm"]:
             return make_norm("layernorm", dim, bias=self.config.bias)
         alpha = self.alpha["attn" if site == "attn" else "other"]
-        return PointwiseNorm(dim, type(self).function(), alpha_init=alpha, bias=self.config.bias,
-                             shift=0.0 if self.shift else None)
+        gain, bias = affine_flags(self.hp["affine"], self.config.bias)
+        return PointwiseNorm(dim, type(self).function(), alpha_init=alpha, bias=bias,
+                             shift=0.0 if self.shift else None, gain=gain)
 
     def embedding_scale(self, dim: int) -> nn.Module:
         if self.config.task == "lm" and self.hp["embed_scale"]:
@@ -135,7 +138,9 @@ class PointwiseBaseline(Baseline):
         problems = []
         for _, site, name, module in model.norm_sites():
             if isinstance(module, PointwiseNorm):
-                if not torch.all(module.weight == 1) or (module.bias is not None and not torch.all(module.bias == 0)):
+                problems += affine_problems(name, module, self.hp["affine"], self.config.bias)
+                if (module.weight is not None and not torch.all(module.weight == 1)) \
+                        or (module.bias is not None and not torch.all(module.bias == 0)):
                     problems.append(f"{name}: gamma must start at 1 and beta at 0")
                 if module.shift is not None and not torch.all(module.shift == 0):
                     problems.append(f"{name}: the shift s must start at 0")
