@@ -181,8 +181,8 @@ def test_smoke_run_writes_diagnostics_for_every_trial(smoke_dir: Path) -> None:
 def analyzed(smoke_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
     run_dir = tmp_path_factory.mktemp("analyze") / "smoke"
     shutil.copytree(smoke_dir, run_dir)
-    proc = subprocess.run([sys.executable, "-m", "normfree_bench", "analyze", str(run_dir), "--no-progress"],
-                          capture_output=True, text=True, timeout=900, cwd=REPO)
+    proc = subprocess.run([sys.executable, "-m", "normfree_bench", "analyze", str(run_dir), "--no-progress",
+                           "--invariance"], capture_output=True, text=True, timeout=900, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir, proc
 
@@ -213,6 +213,18 @@ def test_analyze_writes_every_measurement(analyzed: tuple[Path, subprocess.Compl
                  "s_curves_layernorm"):
         assert (run_dir / "plots" / f"analysis_{name}.png").read_bytes()[:8] == PNG_MAGIC
     assert "dyt" in proc.stdout and "analysis.json" in proc.stdout
+    # rescaling invariance: LayerNorm's and RMSNorm's output moves far less than DyT's when the stream is
+    # rescaled (not zero: at this scale the stream's variance is not far above eps), and every c is measured
+    by_name = {e["baseline"]: e["invariance"] for e in analysis["trials"]}
+    for when in ("init", "trained"):
+        dyt = by_name["dyt"][when]["weights"]["10"]["rel_change"]
+        assert dyt > 0.05, when
+        for name in ("layernorm", "rmsnorm"):
+            assert by_name[name][when]["weights"]["10"]["rel_change"] < dyt / 10, (name, when)
+        assert set(by_name["dyt"][when]["input"]) == {"0.1", "0.5", "2", "10"}
+    row = next(r for r in csv.DictReader(open(run_dir / "analysis.csv", newline="")) if r["baseline"] == "dyt")
+    assert float(row["invariance_weights_rel_change_c10"]) == pytest.approx(
+        by_name["dyt"]["trained"]["weights"]["10"]["rel_change"])
 
 
 def test_report_of_the_analyzed_run(analyzed: tuple[Path, subprocess.CompletedProcess], tmp_path: Path) -> None:
@@ -223,6 +235,6 @@ def test_report_of_the_analyzed_run(analyzed: tuple[Path, subprocess.CompletedPr
     html = (run_dir / "report.html").read_text()
     n_png = len(list((run_dir / "plots").glob("*.png")))
     assert html.count('src="data:image/png;base64,') == n_png
-    for text in ("alpha", "quantization", "bf16", "provenance"):
+    for text in ("alpha", "quantization", "bf16", "provenance", "Rescaling invariance"):
         assert text.lower() in html.lower()
     assert rendered_images(html, tmp_path) == f"ok {n_png}/{n_png}"  # skips where Chromium is missing

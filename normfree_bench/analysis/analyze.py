@@ -19,6 +19,9 @@ loss is checked against the stored one (``reproduced``); on a GPU the difference
 - **alpha against 1/std** (DyT paper §6.2): for every site with a learnable scalar ``alpha``, its
   value against 1/std of that site's input over training (from the diagnostics recorded at eval
   steps; for a run recorded without them, the retrained trial's), with Pearson's r per site and pooled;
+- **rescaling invariance** (``--invariance``): the output's change when the weights that feed the norm
+  sites, or the input, are multiplied by c in {0.1, 0.5, 2, 10}, at init and after training
+  (normfree_bench.analysis.invariance);
 - the plots of normfree_bench.analysis_plots (S-curves, curves above the best LR, diagnostics).
 """
 
@@ -34,11 +37,13 @@ import lightning.pytorch as pl
 import torch
 from tqdm import tqdm
 
+from normfree_bench.analysis.invariance import rescaling_invariance
 from normfree_bench.analysis.plots import plot_analysis
 from normfree_bench.config import RunConfig
 from normfree_bench.data.task import load_data, loaders
 from normfree_bench.errors import UserError
 from normfree_bench.io import write_csv, write_json
+from normfree_bench.models.factory import build_model
 from normfree_bench.models.transformer import Transformer, task_loss
 from normfree_bench.store.rundir import run_config
 from normfree_bench.sweep.grid import trial_config
@@ -63,9 +68,14 @@ PTQ_SCHEMES = {  # name -> (weights, activations) for numerics.simulated_quantiz
     "fp8_e4m3": ("fp8", "fp8"),
 }
 LOW_PRECISIONS = ("bf16-mixed", "bf16-true")
+INVARIANCE_NOTE = ("invariance: 'weights' multiplies every parameter that writes into the residual stream (embeddings, "
+                   "positions, attention and MLP output projections) by c; 'input' the first embedding's weight "
+                   "alone (tokens, or pixels for the ViT); rel_change = ||logits_c - logits|| / ||logits|| on the "
+                   "first validation batch, at init and after training")
 CSV_COLUMNS = ("baseline", "trial", "lr", "seed", "val_loss", "stored_val_loss", "reproduced", "n_outlier_dims",
                "max_kurtosis", "max_max_over_rms", *(f"ptq_{k}_delta" for k in PTQ_SCHEMES),
-               *(f"{p}_delta" for p in LOW_PRECISIONS), *(f"{p}_diverged" for p in LOW_PRECISIONS), "alpha_inv_std_r")
+               *(f"{p}_delta" for p in LOW_PRECISIONS), *(f"{p}_diverged" for p in LOW_PRECISIONS), "alpha_inv_std_r",
+               "invariance_weights_rel_change_c10", "invariance_input_rel_change_c10")
 
 
 class _KeepModel(pl.Callback):
@@ -184,8 +194,17 @@ def alpha_vs_inv_std(diagnostics: list[dict[str, Any]]) -> dict[str, dict[str, A
     return out
 
 
+def invariance_at_init_and_trained(cfg: RunConfig, trained: Transformer, batch: tuple[torch.Tensor, torch.Tensor],
+                                   ) -> dict[str, Any]:
+    """`rescaling_invariance` of the trial's model at init (built as `train_one` builds it, same seed) and
+    after training."""
+    pl.seed_everything(cfg.train.seed, verbose=False)
+    init = build_model(cfg.baseline, cfg.model, **cfg.baseline_hparams()).float().cpu()
+    return {"init": rescaling_invariance(init, *batch), "trained": rescaling_invariance(trained, *batch)}
+
+
 def analyze_trial(cfg: RunConfig, row: dict[str, Any], data: Any, diagnostics: list[dict[str, Any]],
-                  low_precision: bool) -> tuple[dict[str, Any], dict]:
+                  low_precision: bool, invariance: bool = False) -> tuple[dict[str, Any], dict]:
     """Everything measured for one trial, and its S-curve tensors."""
     keep = _KeepModel()
     result = train_one(cfg, corpus=data, callbacks=[keep])
@@ -202,6 +221,8 @@ def analyze_trial(cfg: RunConfig, row: dict[str, Any], data: Any, diagnostics: l
              "ptq": quantized_losses(model, batches, fp32),
              "alpha_vs_inv_std": alpha_vs_inv_std(diagnostics or [dict(zip(DIAG_COLUMNS, r))
                                                                   for r in result.diagnostics])}
+    if invariance:
+        entry["invariance"] = invariance_at_init_and_trained(cfg, model, batches[0])
     if low_precision:
         entry["low_precision"] = low_precision_runs(cfg, data, fp32)
     return entry, io
@@ -216,11 +237,14 @@ def csv_row(entry: dict[str, Any]) -> dict[str, Any]:
         row[f"{p}_delta"] = lowp.get(p, {}).get("delta")
         row[f"{p}_diverged"] = lowp.get(p, {}).get("diverged")
     row["alpha_inv_std_r"] = entry["alpha_vs_inv_std"].get("pooled", {}).get("r")
+    trained = entry.get("invariance", {}).get("trained", {})
+    for kind in ("weights", "input"):
+        row[f"invariance_{kind}_rel_change_c10"] = trained.get(kind, {}).get("10", {}).get("rel_change")
     return row
 
 
 def analyze_run(run_dir: Path, scope: str = "best", low_precision: bool = True, storage_url: str | None = None,
-                plots: bool = True, progress: bool = True) -> dict[str, Any]:
+                plots: bool = True, progress: bool = True, invariance: bool = False) -> dict[str, Any]:
     """Analyze a run directory; write analysis.json, analysis.csv and plots/analysis_*.png."""
     if scope not in SCOPES:
         raise UserError(f"unknown scope '{scope}'; valid: {', '.join(SCOPES)}")
@@ -241,7 +265,7 @@ def analyze_run(run_dir: Path, scope: str = "best", low_precision: bool = True, 
         params = {"lr": row["lr"], "seed": row["seed"], **{a: row[a] for a in axes if row.get(a) is not None}}
         trial_cfg = trial_config(cfg, row["baseline"], params)
         entry, io = analyze_trial(trial_cfg, row, data, diag_by_trial[row["trial"]],
-                                  low_precision=low_precision and row["trial"] in best)
+                                  low_precision=low_precision and row["trial"] in best, invariance=invariance)
         entries.append(entry)
         if row["trial"] in best or row["baseline"] not in s_curves:
             s_curves[row["baseline"]] = io
@@ -254,7 +278,7 @@ def analyze_run(run_dir: Path, scope: str = "best", low_precision: bool = True, 
                     "PTQ is simulated (quantize, then dequantize) on every nn.Linear; embeddings stay fp32",
                     "trials are retrained from their stored config; on a CPU the retrained loss must equal the "
                     "stored one (reproduced)",
-                ]}
+                ] + ([INVARIANCE_NOTE] if invariance else [])}
     write_json(run_dir / "analysis.json", analysis)
     write_csv(run_dir / "analysis.csv", [csv_row(e) for e in entries], CSV_COLUMNS)
     if plots:

@@ -15,6 +15,7 @@ inline. Sections, in order (a section with nothing to show is left out):
 - Low-precision training: ``plots/analysis_low_precision*.png`` (and ``analysis_bf16*``,
   ``analysis_precision*``) and the low-precision table of ``analysis.json``;
 - DyT: alpha vs 1/std: ``plots/analysis_alpha*.png`` and the correlations of ``analysis.json``;
+- Rescaling invariance: the output's change per c of ``analysis.json`` (``analyze --invariance``);
 - Input-output S-curves: ``plots/analysis_s_curves*.png``;
 - Other plots: every other PNG under ``plots/``, so nothing is dropped;
 - Provenance: ``provenance.json``, the analysis settings and notes, and ``config.yaml``.
@@ -51,6 +52,7 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("outliers", "Activation outliers and quantization"),
     ("low-precision", "Low-precision training"),
     ("alpha", "DyT: alpha vs 1/std"),
+    ("invariance", "Rescaling invariance"),
     ("s-curves", "Input-output S-curves"),
     ("other", "Other plots"),
     ("provenance", "Provenance"),
@@ -539,6 +541,24 @@ def alpha_tables(analysis: dict[str, Any]) -> list[str]:
             html_table([*TRIAL_HEADERS, "site", "r", "points"], rows)]
 
 
+def invariance_tables(analysis: dict[str, Any]) -> list[str]:
+    """One row per analyzed trial, model (init or trained) and rescaling: the output's relative change per c."""
+    rows, scales = [], []
+    for t in _analysis_trials(analysis):
+        for when, kinds in _dict(t.get("invariance")).items():
+            for kind, by_c in _dict(kinds).items():
+                by_c = _dict(by_c)
+                scales = scales or list(by_c)
+                rows.append([*_trial_key(t), str(when), str(kind),
+                             *(fmt_num(_dict(by_c.get(c)).get("rel_change"), 3) for c in scales)])
+    if not rows:
+        return []
+    return [para("Relative change of the logits, ||f_c - f|| / ||f||, when every weight that writes into the residual "
+                 "stream (weights) or the input embedding alone (input) is multiplied by c. A model with a norm at "
+                 "every site is invariant to the first up to the norms' eps; DyT is not."),
+            html_table([*TRIAL_HEADERS, "model", "rescaled", *(f"c = {c}" for c in scales)], rows)]
+
+
 def leaderboard_section(files: RunFiles) -> list[str]:
 
     rows = files.leaderboard
@@ -658,6 +678,7 @@ def build_sections(files: RunFiles) -> list[tuple[str, str, list[str]]]:
         "outliers": outlier_tables(analysis) + ptq_tables(analysis),
         "low-precision": low_precision_tables(analysis),
         "alpha": alpha_tables(analysis),
+        "invariance": invariance_tables(analysis),
     }
     texts = {
         "sweep": [para(sweep_text(files))],
