@@ -320,6 +320,7 @@ def test_per_baseline_grids_replace_the_shared_one_and_keep_old_hashes() -> None
     assert data["sweep"].pop("lrs_by_baseline") == {}
     data["model"].pop("norm_impl")
     data["train"].pop("compile")
+    data["data"].pop("vocab_size")
     assert cfg.config_hash() == config_hash(data)  # runs recorded before the key existed still resume
     own = load_run_config(suite_path("smoke"), parse_set(["sweep.lrs_by_baseline={dyt: [0.3, 0.03]}"]))
     assert search_space(own, "dyt")["lr"] == [0.03, 0.3]

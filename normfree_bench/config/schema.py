@@ -133,6 +133,7 @@ class DataConfig:
     val_windows: int = 64  # fixed, seeded validation windows
     val_seed: int = 1234
     val_fraction: float = 0.1  # share of files held out for validation
+    vocab_size: int | None = None  # token files (a folder with train.bin, val.bin): their vocabulary; None: bytes
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -144,6 +145,8 @@ class DataConfig:
             raise UserError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
         if not self.corpus:
             raise UserError("data.corpus is empty; valid: 'stdlib' or a path to a text file or folder")
+        if self.vocab_size is not None and not 2 <= self.vocab_size <= 65536:
+            raise UserError(f"data.vocab_size must be in [2, 65536] (uint16 token ids), got {self.vocab_size}")
 
 
 @dataclass(frozen=True)
@@ -320,12 +323,14 @@ class RunConfig:
 
 def _hashed(data: dict[str, Any]) -> dict[str, Any]:
     """The config as hashed: ``model.norm_impl`` left out when it is the default ``eager``,
-    ``sweep.lrs_by_baseline`` when it is empty and ``train.compile`` when it is the default (None), so that
-    run directories recorded before those keys existed keep their hash (and resume)."""
+    ``sweep.lrs_by_baseline`` when it is empty, and ``train.compile`` and ``data.vocab_size`` when they are
+    the default (None), so that run directories recorded before those keys existed keep their hash."""
     if data.get("model", {}).get("norm_impl") == "eager":
         data = {**data, "model": {k: v for k, v in data["model"].items() if k != "norm_impl"}}
     if "sweep" in data and not data["sweep"].get("lrs_by_baseline", True):
         data = {**data, "sweep": {k: v for k, v in data["sweep"].items() if k != "lrs_by_baseline"}}
+    if "data" in data and data["data"].get("vocab_size", False) is None:
+        data = {**data, "data": {k: v for k, v in data["data"].items() if k != "vocab_size"}}
     if "train" in data and data["train"].get("compile", False) is None:
         data = {**data, "train": {k: v for k, v in data["train"].items() if k != "compile"}}
     return data

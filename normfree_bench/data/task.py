@@ -5,12 +5,15 @@ Usage: ``data = load_data(cfg); train_loader, val_loader = loaders(cfg, data)``
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from torch.utils.data import DataLoader
 
-from normfree_bench.config import ModelConfig, RunConfig
+from normfree_bench.config import DataConfig, ModelConfig, RunConfig
 from normfree_bench.data.images import ImageData, TrainImages, load_images, val_image_batches
 from normfree_bench.data.text import Corpus, TrainWindows, check_split_size, load_corpus, val_batches
+from normfree_bench.data.tokens import holds_token_files, load_token_files
 from normfree_bench.errors import UserError
 
 TaskData = Corpus | ImageData
@@ -20,9 +23,23 @@ def load_data(cfg: RunConfig) -> TaskData:
     """The run's data, checked against the model: the text corpus for the LM, the images for the ViT."""
     if cfg.model.task == "vit":
         return load_images(cfg.data, cfg.model)
-    corpus = load_corpus(cfg.data)
+    corpus = load_lm_corpus(cfg.data)
     check_fits(corpus, cfg.model)
     return corpus
+
+
+def load_lm_corpus(data: DataConfig) -> Corpus:
+    """Token files (a folder with nanoGPT's train.bin and val.bin, `data.vocab_size` ids) or text as bytes."""
+    path = Path(data.corpus).expanduser()
+    if data.corpus != "stdlib" and path.is_dir() and holds_token_files(path):
+        if data.vocab_size is None:
+            raise UserError(f"corpus folder {data.corpus} holds token files (train.bin, val.bin); set "
+                            "data.vocab_size to their tokenizer's vocabulary size")
+        return load_token_files(path, data.vocab_size)
+    if data.vocab_size is not None:
+        raise UserError(f"data.vocab_size applies to token files (a folder with train.bin and val.bin), and "
+                        f"corpus {data.corpus} is read as bytes (vocabulary 256); leave data.vocab_size out")
+    return load_corpus(data)
 
 
 def check_fits(data: TaskData, model: ModelConfig) -> None:
@@ -37,8 +54,9 @@ def check_fits(data: TaskData, model: ModelConfig) -> None:
                             f"{model.num_classes} cannot read them")
         return
     if model.vocab_size < data.vocab_size:
-        raise UserError(f"model.vocab_size is {model.vocab_size}, but the corpus has {data.vocab_size} symbols "
-                        f"(byte-level); valid: model.vocab_size >= {data.vocab_size}")
+        kind = "token ids (data.vocab_size)" if data.meta.get("vocab_size") else "symbols (byte-level)"
+        raise UserError(f"model.vocab_size is {model.vocab_size}, but the corpus has {data.vocab_size} {kind}; "
+                        f"valid: model.vocab_size >= {data.vocab_size}")
     for split in ("train", "val"):
         check_split_size(len(getattr(data, split)), model.context_length, split)
 

@@ -78,10 +78,11 @@ class Corpus:
     val: np.ndarray
     sha256: str  # corpus fingerprint: sha256 of (train sha256 + val sha256)
     meta: dict[str, Any] = field(default_factory=dict)
+    vocab: int = VOCAB_SIZE  # bytes; a token-file corpus (normfree_bench.data.tokens) has its tokenizer's
 
     @property
     def vocab_size(self) -> int:
-        return VOCAB_SIZE
+        return self.vocab
 
 
 @dataclass(frozen=True)
