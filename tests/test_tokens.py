@@ -118,6 +118,7 @@ def test_vocab_size_left_out_keeps_old_config_hashes() -> None:
     cfg = RunConfig()
     data = cfg.to_dict()
     assert data["data"].pop("vocab_size") is None
+    assert data["data"].pop("tokenizer") == "bytes"
     for section, key in (("model", "norm_impl"), ("sweep", "lrs_by_baseline"), ("train", "compile")):
         data[section].pop(key)
     assert cfg.config_hash() == config_hash(data)

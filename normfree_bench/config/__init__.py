@@ -14,11 +14,12 @@ from normfree_bench.config.schema import (
     SweepConfig,
     TrainConfig,
     config_hash,
+    tokenizer_spec,
     unknown_choice,
 )
 
 __all__ = [
     "MODEL_PRESETS", "NORM_IMPLS", "DataConfig", "GuardConfig", "ModelConfig", "RunConfig", "SweepConfig",
     "TrainConfig", "build_dataclass", "coerce", "config_hash", "load_run_config", "merge", "parse_set", "read_yaml",
-    "unknown_choice",
+    "tokenizer_spec", "unknown_choice",
 ]

@@ -14,6 +14,7 @@ import json
 import math
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from normfree_bench.errors import UserError
@@ -134,6 +135,7 @@ class DataConfig:
     val_seed: int = 1234
     val_fraction: float = 0.1  # share of files held out for validation
     vocab_size: int | None = None  # token files (a folder with train.bin, val.bin): their vocabulary; None: bytes
+    tokenizer: str = "bytes"  # text corpora: bytes, bpe:<vocab> (trained on the train split), or a tokenizer.json
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -145,8 +147,27 @@ class DataConfig:
             raise UserError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
         if not self.corpus:
             raise UserError("data.corpus is empty; valid: 'stdlib' or a path to a text file or folder")
+        tokenizer_spec(self.tokenizer)
         if self.vocab_size is not None and not 2 <= self.vocab_size <= 65536:
             raise UserError(f"data.vocab_size must be in [2, 65536] (uint16 token ids), got {self.vocab_size}")
+
+
+def tokenizer_spec(spec: str) -> tuple[str, Any]:
+    """``data.tokenizer`` parsed: ``("bytes", 256)``, ``("bpe", vocab)`` or ``("file", path)``; a one-line
+    `UserError` naming what is valid otherwise."""
+    if spec == "bytes":
+        return "bytes", 256
+    if spec.startswith("bpe:"):
+        digits = spec[4:]
+        vocab = int(digits) if digits.isdigit() else -1
+        if not 257 <= vocab <= 65536:
+            raise UserError(f"data.tokenizer {spec!r}: the BPE vocabulary must be an integer in [257, 65536] "
+                            "(uint16 ids); valid: bytes, bpe:<vocab size>, or a path to a tokenizer.json")
+        return "bpe", vocab
+    if spec.endswith(".json"):
+        return "file", Path(spec).expanduser()
+    raise UserError(f"unknown data.tokenizer {spec!r}; valid: bytes, bpe:<vocab size> (e.g. bpe:8192), or a path "
+                    "to a tokenizer.json")
 
 
 @dataclass(frozen=True)
@@ -323,14 +344,15 @@ class RunConfig:
 
 def _hashed(data: dict[str, Any]) -> dict[str, Any]:
     """The config as hashed: ``model.norm_impl`` left out when it is the default ``eager``,
-    ``sweep.lrs_by_baseline`` when it is empty, and ``train.compile`` and ``data.vocab_size`` when they are
-    the default (None), so that run directories recorded before those keys existed keep their hash."""
+    ``sweep.lrs_by_baseline`` when it is empty, and ``train.compile``, ``data.vocab_size`` and ``data.tokenizer``
+    when they are the default, so that run directories recorded before those keys existed keep their hash."""
     if data.get("model", {}).get("norm_impl") == "eager":
         data = {**data, "model": {k: v for k, v in data["model"].items() if k != "norm_impl"}}
     if "sweep" in data and not data["sweep"].get("lrs_by_baseline", True):
         data = {**data, "sweep": {k: v for k, v in data["sweep"].items() if k != "lrs_by_baseline"}}
-    if "data" in data and data["data"].get("vocab_size", False) is None:
-        data = {**data, "data": {k: v for k, v in data["data"].items() if k != "vocab_size"}}
+    if "data" in data:
+        defaults = {"vocab_size": None, "tokenizer": "bytes"}
+        data = {**data, "data": {k: v for k, v in data["data"].items() if k not in defaults or v != defaults[k]}}
     if "train" in data and data["train"].get("compile", False) is None:
         data = {**data, "train": {k: v for k, v in data["train"].items() if k != "compile"}}
     return data

@@ -11,6 +11,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from normfree_bench.config import DataConfig, ModelConfig, RunConfig
+from normfree_bench.data.bpe import tokenize
 from normfree_bench.data.images import ImageData, TrainImages, load_images, val_image_batches
 from normfree_bench.data.text import Corpus, TrainWindows, check_split_size, load_corpus, val_batches
 from normfree_bench.data.tokens import holds_token_files, load_token_files
@@ -29,17 +30,22 @@ def load_data(cfg: RunConfig) -> TaskData:
 
 
 def load_lm_corpus(data: DataConfig) -> Corpus:
-    """Token files (a folder with nanoGPT's train.bin and val.bin, `data.vocab_size` ids) or text as bytes."""
+    """Token files (a folder with nanoGPT's train.bin and val.bin, `data.vocab_size` ids), or a text corpus as
+    bytes or through ``data.tokenizer`` (normfree_bench.data.bpe)."""
     path = Path(data.corpus).expanduser()
     if data.corpus != "stdlib" and path.is_dir() and holds_token_files(path):
+        if data.tokenizer != "bytes":
+            raise UserError(f"corpus folder {data.corpus} holds token files, already tokenized; data.tokenizer "
+                            f"{data.tokenizer!r} applies to text corpora; valid here: bytes")
         if data.vocab_size is None:
             raise UserError(f"corpus folder {data.corpus} holds token files (train.bin, val.bin); set "
                             "data.vocab_size to their tokenizer's vocabulary size")
         return load_token_files(path, data.vocab_size)
     if data.vocab_size is not None:
         raise UserError(f"data.vocab_size applies to token files (a folder with train.bin and val.bin), and "
-                        f"corpus {data.corpus} is read as bytes (vocabulary 256); leave data.vocab_size out")
-    return load_corpus(data)
+                        f"corpus {data.corpus} is text (its vocabulary comes from data.tokenizer); leave "
+                        "data.vocab_size out")
+    return tokenize(load_corpus(data), data.tokenizer)
 
 
 def check_fits(data: TaskData, model: ModelConfig) -> None:

@@ -141,6 +141,9 @@ def run_sweep(cfg: RunConfig, run_dir: Path, *, storage_url: str | None = None, 
     provenance = collect_provenance(device, fingerprint, source)
     provenance["run_name"] = record["run_name"]
     provenance["trivial_loss"] = trivial
+    tokenizer = getattr(data, "meta", {}).get("tokenizer")
+    if tokenizer:  # data.tokenizer: which one, its file's SHA-256 and the vocabulary it reached
+        provenance["tokenizer"] = {k: tokenizer[k] for k in ("tokenizer", "tokenizer_sha256", "vocab_size")}
     if record.get("storage") is None:  # the run directory's own file: no machine path in provenance
         provenance["storage"] = "study.db in the run directory"
     elif record["storage"] == JOURNAL:
