@@ -107,3 +107,18 @@ def test_token_files_take_no_tokenizer(tmp_path, capsys) -> None:
         rc, _, err = cli(["train", "--out", str(tmp_path / "out"), "--no-progress", "--set", f"data.corpus={folder}",
                           "--set", "data.vocab_size=5000", "--set", "data.tokenizer=bpe:512"], capsys)
     assert rc == 2 and "holds token files, already tokenized" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_sweep_records_its_tokenizer_in_provenance(tmp_path, capsys) -> None:
+    path = write_word_corpus(tmp_path / "words.txt", n_words=20_000)
+    out = tmp_path / "run"
+    with private_cache(tmp_path):
+        rc, _, err = cli(["run", "--suite", "smoke", "--baselines", "layernorm", "--out", str(out), "--no-progress",
+                          "--set", "sweep.lrs=[0.01]", "--set", f"data.corpus={path}",
+                          "--set", "data.tokenizer=bpe:300", "--set", "model.vocab_size=300"], capsys)
+        corpus = load_lm_corpus(DataConfig(corpus=str(path), tokenizer="bpe:300"))
+    assert rc == 0, err
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert provenance["tokenizer"] == {"tokenizer": "bpe:300", "vocab_size": corpus.vocab_size,
+                                       "tokenizer_sha256": corpus.meta["tokenizer"]["tokenizer_sha256"]}
+    assert provenance["corpus_sha256"] == corpus.sha256 and "tokenized with bpe:300" in provenance["corpus_source"]
