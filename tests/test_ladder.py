@@ -22,7 +22,7 @@ from normfree_bench.sweep.ladder import (
     zoomed_grid,
 )
 from normfree_bench.tables.ladder import ladder_summary, ranks
-from tests.conftest import cli
+from tests.conftest import cli, html_tables
 
 
 def smoke_ladder(**ladder_overrides):
@@ -213,38 +213,6 @@ def test_a_gap_change_inside_its_confidence_band_is_stable() -> None:
     s = ladder_summary([{**r, "rows": [{**x, "best_val_loss_ci95": None} for x in r["rows"]]} for r in rungs],
                        "layernorm", gap_tol=0.02)
     assert s["schemes"][1]["gap_verdict"] == "growing"  # no CI: only gap_tol
-
-
-def html_tables(page: str) -> list[list[list[str]]]:
-    """Every <table> of an HTML page as rows of cell texts (header row first)."""
-    from html.parser import HTMLParser
-
-    class Tables(HTMLParser):
-        def __init__(self) -> None:
-            super().__init__()
-            self.tables: list[list[list[str]]] = []
-            self.cell: list[str] | None = None
-
-        def handle_starttag(self, tag: str, attrs: list) -> None:
-            if tag == "table":
-                self.tables.append([])
-            elif tag == "tr":
-                self.tables[-1].append([])
-            elif tag in ("td", "th"):
-                self.cell = []
-
-        def handle_endtag(self, tag: str) -> None:
-            if tag in ("td", "th") and self.cell is not None:
-                self.tables[-1][-1].append("".join(self.cell).strip())
-                self.cell = None
-
-        def handle_data(self, data: str) -> None:
-            if self.cell is not None:
-                self.cell.append(data)
-
-    parser = Tables()
-    parser.feed(page)
-    return parser.tables
 
 
 def test_report_refuses_a_broken_ladder_summary_in_one_line(tmp_path, capsys) -> None:
