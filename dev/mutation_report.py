@@ -1,6 +1,7 @@
 """Summarise a mutmut run into results/mutation/: the score per module and every surviving mutant.
 
-Usage: ``python dev/mutation_report.py [--out results/mutation]`` after ``mutmut run`` (``make mutation`` runs both)
+Usage: ``python dev/mutation_report.py [--out results/mutation] [--mutants DIR ...]`` after ``mutmut run``
+(``make mutation`` runs both; several ``--mutants`` folders combine runs, the later verdict on a mutant winning)
 
 Reads mutmut's per-file results (``mutants/**/*.py.meta``: exit code per mutant; 1 or 3 killed, 0 survived,
 33/5 no test reached it, 36/24/152/255 timeout) and ``dev/equivalent_mutants.yaml`` (mutant name: the one-line
@@ -47,13 +48,30 @@ def module_of(meta: Path, mutants: Path) -> str:
     return str(meta.relative_to(mutants)).removesuffix(".meta")
 
 
-def collect(mutants: Path, equivalent: dict[str, str]) -> tuple[list[dict], list[dict]]:
+def diff_of(name: str, mutants: Path, module: str) -> str:
+    return get_diff_for_mutant(name, path=mutants / module).replace(f"{mutants}/", "")
+
+
+def verdicts(runs: list[Path]) -> dict[str, dict[str, tuple[int | None, Path]]]:
+    """module -> mutant -> (exit code, the mutants folder it comes from); a later run's verdict on a mutant
+    replaces an earlier one (a re-check after tests were added), a later "not checked" keeps the earlier."""
+    out: dict[str, dict[str, tuple[int | None, Path]]] = {}
+    for mutants in runs:
+        for meta in sorted(mutants.rglob("*.py.meta")):
+            module = module_of(meta, mutants)
+            mine = out.setdefault(module, {})
+            for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
+                if code is not None or name not in mine:
+                    mine[name] = (code, mutants)
+    return out
+
+
+def collect(runs: list[Path], equivalent: dict[str, str]) -> tuple[list[dict], list[dict]]:
     rows, survivors = [], []
-    for meta in sorted(mutants.rglob("*.py.meta")):
-        codes: dict[str, int | None] = json.loads(meta.read_text())["exit_code_by_key"]
+    for module, by_name in sorted(verdicts(runs).items()):
+        codes = {name: code for name, (code, _) in by_name.items()}
         if not codes:
             continue
-        module = module_of(meta, mutants)
         counts = {"mutants": len(codes), "killed": 0, "timeout": 0, "survived": 0, "no_tests": 0,
                   "equivalent": 0, "not_checked": 0}
         for name, code in sorted(codes.items()):
@@ -70,7 +88,7 @@ def collect(mutants: Path, equivalent: dict[str, str]) -> tuple[list[dict], list
             survivors.append({"module": module, "mutant": name, "status": "survived" if code in SURVIVED
                               else "no tests" if code in NO_TESTS else f"exit {code}",
                               "equivalent": equivalent.get(name),
-                              "diff": get_diff_for_mutant(name, path=mutants / module).replace(f"{mutants}/", "")})
+                              "diff": diff_of(name, by_name[name][1], module)})
         counts["score"], counts["ci95"] = score(counts)
         rows.append({"module": module, **counts})
     return rows, survivors
@@ -104,14 +122,16 @@ def write(out: Path, rows: list[dict], survivors: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(ROOT / "results" / "mutation"))
-    p.add_argument("--mutants", default=str(ROOT / "mutants"))
+    p.add_argument("--mutants", action="append", help="a mutmut mutants/ folder (default: ./mutants); repeat it "
+                   "to combine runs, a later run's verdict on a mutant replacing an earlier one")
     args = p.parse_args(argv)
-    mutants = Path(args.mutants)
-    if not mutants.is_dir():
-        print(f"error: {mutants} does not exist; run `mutmut run` (or `make mutation`) first", file=sys.stderr)
-        return 2
+    runs = [Path(m) for m in (args.mutants or [str(ROOT / "mutants")])]
+    for mutants in runs:
+        if not mutants.is_dir():
+            print(f"error: {mutants} does not exist; run `mutmut run` (or `make mutation`) first", file=sys.stderr)
+            return 2
     equivalent = yaml.safe_load((ROOT / "dev" / "equivalent_mutants.yaml").read_text()) or {}
-    rows, survivors = collect(mutants, equivalent)
+    rows, survivors = collect(runs, equivalent)
     write(Path(args.out), rows, survivors)
     print((Path(args.out) / "scores.md").read_text())
     return 0

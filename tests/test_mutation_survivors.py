@@ -1,0 +1,55 @@
+"""Tests written for the mutants the sampled mutation run left alive (results/mutation/survivors.md).
+
+Usage: ``.venv/bin/python -m pytest tests/test_mutation_survivors.py -q``
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import torch
+
+from normfree_bench import build_model
+from normfree_bench.config import ModelConfig, RunConfig, load_run_config, parse_set
+from normfree_bench.core.registry import get_baseline
+from normfree_bench.sweep.selection import below
+from normfree_bench.tables.export import compute_summary, init_label
+from normfree_bench.tables.render import render
+
+
+def test_below_scales_its_slack_with_the_loss() -> None:
+    # the slack is 1e-12 x max(1, |b|): at b = 3 a loss 2e-12 lower is not "below", 4e-12 lower is
+    assert not below(3.0 - 2e-12, 3.0)
+    assert below(3.0 - 4e-12, 3.0)
+    assert below(0.5 - 2e-12, 0.5) and not below(0.5 - 0.5e-12, 0.5)
+
+
+def test_compute_summary_reports_every_figure_by_its_documented_key() -> None:
+    trials = [{"status": "COMPLETE", "steps": 10, "train_s": 1.0, "wall_s": 4.0, "compile_s": 0.5, "diverged": False},
+              {"status": "COMPLETE", "steps": 5, "train_s": 2.0, "wall_s": 4.0, "compile_s": 0.0, "diverged": True},
+              {"status": "FAIL", "steps": 1, "train_s": 9.0, "wall_s": 9.0}]
+    assert compute_summary(trials) == {
+        "complete_trials": 2, "diverged_trials": 1, "steps": 15, "diverged_steps": 5, "train_s": 3.0,
+        "diverged_train_s": 2.0, "compile_s": 0.5, "trial_wall_s": 8.0, "outside_train_share": 0.625}
+
+
+def test_init_labels_name_the_rule_or_the_timm_backbone() -> None:
+    native = RunConfig()
+    assert init_label(native, "layernorm") == "paper: gpt2"
+    assert init_label(load_run_config(overrides=parse_set(["model.init=shared"])), "dyt") == "shared: gpt2"
+    timm = load_run_config(overrides=parse_set(["model.backbone=timm:vit_tiny_patch16_224", "model.task=vit"]))
+    assert init_label(timm, "layernorm") == "paper: timm (timm:vit_tiny_patch16_224)"
+
+
+def test_csv_leaves_a_missing_value_empty() -> None:
+    text = render([{"baseline": "dyt", "best_lr": None, "best_val_loss": 3.25}], "csv")
+    row = next(csv.DictReader(io.StringIO(text)))
+    assert row["best_lr"] == "" and row["best_val_loss"] == "3.25"
+
+
+def test_dyt_without_its_embedding_scalar_passes_its_own_init_check() -> None:
+    config = ModelConfig(d_model=32, n_layers=2, n_heads=4, context_length=16)
+    model = build_model("dyt", config, embed_scale=False)
+    batch = torch.randint(0, 256, (2, 16))
+    assert get_baseline("dyt")(config, embed_scale=False).check_init(model, batch) == []
