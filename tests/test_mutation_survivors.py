@@ -6,6 +6,7 @@ Usage: ``.venv/bin/python -m pytest tests/test_mutation_survivors.py -q``
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 
 import torch
@@ -53,3 +54,34 @@ def test_dyt_without_its_embedding_scalar_passes_its_own_init_check() -> None:
     model = build_model("dyt", config, embed_scale=False)
     batch = torch.randint(0, 256, (2, 16))
     assert get_baseline("dyt")(config, embed_scale=False).check_init(model, batch) == []
+
+
+def test_fixup_and_nf_details_the_recipe_depends_on() -> None:
+    from torch import nn
+
+    from normfree_bench.core.layers import Scale, Shift
+
+    llama = dataclasses.replace(ModelConfig.from_preset("llama"), d_model=32, n_layers=2, n_heads=4,
+                                context_length=16)
+    def act(config: ModelConfig) -> list[type]:  # Fixup's activation sits between its two scalar biases
+        return [type(m) for m in get_baseline("fixup")(config).activation()]
+
+    assert act(llama) == [Shift, nn.SiLU, Shift]  # SwiGLU's gate, as every scheme's
+    assert act(ModelConfig()) == [Shift, nn.GELU, Shift]
+    nf = build_model("nf", ModelConfig(d_model=32, n_layers=2, n_heads=4, context_length=16))
+    final = nf.norm_final
+    assert isinstance(final, Scale) and not isinstance(final.scale, nn.Parameter)  # 1/beta, a fixed buffer
+    assert Shift().bias.item() == 0.0
+
+
+def test_the_llama_init_is_002_everywhere_with_zero_biases() -> None:
+    from normfree_bench.core.inits import INIT_STD, init_llama
+
+    torch.manual_seed(0)
+    model = build_model("layernorm", ModelConfig(d_model=64, n_layers=2, n_heads=4, context_length=16, bias=True))
+    init_llama(model)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    for m in linears:
+        assert abs(m.weight.std().item() - INIT_STD * 0.88) < 0.004  # trunc_normal_ at +-2: std 0.88 x 0.02
+        assert m.bias is None or torch.all(m.bias == 0)
+    assert any(m.bias is not None for m in linears)

@@ -6,6 +6,7 @@ Usage: ``.venv/bin/python -m pytest tests/test_report_tables.py -q``
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -24,9 +25,11 @@ def four(x: float) -> str:
     return f"{x:.4g}"
 
 
-@pytest.fixture(scope="module")
-def page(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    run = tmp_path_factory.mktemp("report") / "default"
+@pytest.fixture
+def page(tmp_path: Path) -> dict:
+    """Built for each test (not once per module): a mutation tool that runs only the tests which called a
+    function must see each test render the page itself."""
+    run = tmp_path / "default"
     shutil.copytree(REPO / "results" / "default", run)
     (run / "report.html").unlink()
     html = write_report(run).read_text()
@@ -83,7 +86,7 @@ def test_tables_have_one_header_cell_per_column(page: dict) -> None:
 
 def test_the_scale_and_provenance_sentences_read_from_the_files(page: dict) -> None:
     config, prov = page["config"], page["provenance"]
-    text = re.sub(r"<[^>]+>", "", page["html"])
+    text = html.unescape(re.sub(r"<[^>]+>", "", page["html"]))
     n_lrs = len(config["sweep"]["lrs"])
     assert f"{len(config['baselines'])} baselines x {n_lrs} learning rates (3e-4 .. 3e-1) x " in text
     assert (f"Run created {prov['created']}, on host {prov['host']}, git SHA {prov['git_sha']}, Python "
@@ -93,3 +96,18 @@ def test_the_scale_and_provenance_sentences_read_from_the_files(page: dict) -> N
     assert f"{config['train']['steps']:,} steps of batch {config['data']['batch_size']} x " \
            f"{model['context_length']} tokens" in text
     assert f"on the stdlib corpus (sha256 {prov['corpus_sha256'][:12]}..)" in text
+    analysis = page["analysis"]
+    assert f"Scale: {len(analysis['trials'])} trials analysed (each baseline's best trial), one batch of " \
+           f"{analysis['batch']['sequences']} validation sequences ({analysis['batch']['tokens']:,} tokens), device " \
+           f"{analysis['device']}." in text
+    assert f"on {config['data']['val_windows']} validation windows." in text
+    assert "; the initial loss l0 = ln(256) = 5.545 nats." in text
+    assert "; n/a where a scheme was not available." in text
+    assert "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in analysis["notes"]) + "</ul>" in page["html"]
+
+
+def test_numbers_and_flags_are_formatted_one_way() -> None:
+    from normfree_bench.report.html import fmt_num
+
+    assert [fmt_num(True), fmt_num(False), fmt_num(None), fmt_num(1234), fmt_num(2.55108)] == [
+        "yes", "no", "–", "1,234", "2.551"]
