@@ -78,10 +78,16 @@ def test_the_llama_init_is_002_everywhere_with_zero_biases() -> None:
     from normfree_bench.core.inits import INIT_STD, init_llama
 
     torch.manual_seed(0)
-    model = build_model("layernorm", ModelConfig(d_model=64, n_layers=2, n_heads=4, context_length=16, bias=True))
-    init_llama(model)
+    model = build_model("layernorm", ModelConfig(d_model=64, n_layers=2, n_heads=4, context_length=128, bias=True))
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    with torch.no_grad():  # the biases the rule must zero, and positions it must redraw
+        for m in linears:
+            if m.bias is not None:
+                m.bias.fill_(1.0)
+        model.pos_emb.fill_(1.0)
+    init_llama(model)
     for m in linears:
         assert abs(m.weight.std().item() - INIT_STD * 0.88) < 0.004  # trunc_normal_ at +-2: std 0.88 x 0.02
         assert m.bias is None or torch.all(m.bias == 0)
     assert any(m.bias is not None for m in linears)
+    assert abs(model.pos_emb.std().item() - INIT_STD * 0.88) < 0.004
