@@ -215,12 +215,14 @@ def test_analyze_writes_every_measurement(analyzed: tuple[Path, subprocess.Compl
     assert "dyt" in proc.stdout and "analysis.json" in proc.stdout
     # rescaling invariance: LayerNorm's and RMSNorm's output moves far less than DyT's when the stream is
     # rescaled (not zero: at this scale the stream's variance is not far above eps), and every c is measured
+    # (after 40 steps the smoke run's DyT can sit saturated, where rescaling changes nothing: only init is
+    # held to DyT's non-invariance here; tests/test_invariance.py holds it on unit-variance streams)
     by_name = {e["baseline"]: e["invariance"] for e in analysis["trials"]}
+    dyt = by_name["dyt"]["init"]["weights"]["10"]["rel_change"]
+    assert dyt > 0.05
     for when in ("init", "trained"):
-        dyt = by_name["dyt"][when]["weights"]["10"]["rel_change"]
-        assert dyt > 0.05, when
         for name in ("layernorm", "rmsnorm"):
-            assert by_name[name][when]["weights"]["10"]["rel_change"] < dyt / 10, (name, when)
+            assert by_name[name][when]["weights"]["10"]["rel_change"] < min(0.05, dyt / 10), (name, when)
         assert set(by_name["dyt"][when]["input"]) == {"0.1", "0.5", "2", "10"}
     row = next(r for r in csv.DictReader(open(run_dir / "analysis.csv", newline="")) if r["baseline"] == "dyt")
     assert float(row["invariance_weights_rel_change_c10"]) == pytest.approx(
