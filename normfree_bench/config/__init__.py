@@ -5,6 +5,7 @@ Usage: ``cfg = load_run_config("configs/smoke.yaml", overrides=parse_set(["train
 
 from normfree_bench.config.loading import build_dataclass, coerce, load_run_config, merge, parse_set, read_yaml
 from normfree_bench.config.schema import (
+    MAX_TOKEN_VOCAB,
     MODEL_PRESETS,
     NORM_IMPLS,
     DataConfig,
@@ -19,7 +20,7 @@ from normfree_bench.config.schema import (
 )
 
 __all__ = [
-    "MODEL_PRESETS", "NORM_IMPLS", "DataConfig", "GuardConfig", "ModelConfig", "RunConfig", "SweepConfig",
-    "TrainConfig", "build_dataclass", "coerce", "config_hash", "load_run_config", "merge", "parse_set", "read_yaml",
-    "tokenizer_spec", "unknown_choice",
+    "MAX_TOKEN_VOCAB", "MODEL_PRESETS", "NORM_IMPLS", "DataConfig", "GuardConfig", "ModelConfig", "RunConfig",
+    "SweepConfig", "TrainConfig", "build_dataclass", "coerce", "config_hash", "load_run_config", "merge",
+    "parse_set", "read_yaml", "tokenizer_spec", "unknown_choice",
 ]

@@ -122,6 +122,9 @@ class ModelConfig:
         return self.context_length
 
 
+MAX_TOKEN_VOCAB = 65536  # token ids are stored as uint16 (nanoGPT's token files)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the text comes from and how it is batched."""
@@ -148,8 +151,9 @@ class DataConfig:
         if not self.corpus:
             raise UserError("data.corpus is empty; valid: 'stdlib' or a path to a text file or folder")
         tokenizer_spec(self.tokenizer)
-        if self.vocab_size is not None and not 2 <= self.vocab_size <= 65536:
-            raise UserError(f"data.vocab_size must be in [2, 65536] (uint16 token ids), got {self.vocab_size}")
+        if self.vocab_size is not None and not 2 <= self.vocab_size <= MAX_TOKEN_VOCAB:
+            raise UserError(f"data.vocab_size must be in [2, {MAX_TOKEN_VOCAB}] (uint16 token ids), got "
+                            f"{self.vocab_size}")
 
 
 def tokenizer_spec(spec: str) -> tuple[str, Any]:
@@ -160,9 +164,10 @@ def tokenizer_spec(spec: str) -> tuple[str, Any]:
     if spec.startswith("bpe:"):
         digits = spec[4:]
         vocab = int(digits) if digits.isdigit() else -1
-        if not 257 <= vocab <= 65536:
-            raise UserError(f"data.tokenizer {spec!r}: the BPE vocabulary must be an integer in [257, 65536] "
-                            "(uint16 ids); valid: bytes, bpe:<vocab size>, or a path to a tokenizer.json")
+        if not 257 <= vocab <= MAX_TOKEN_VOCAB:
+            raise UserError(f"data.tokenizer {spec!r}: the BPE vocabulary must be an integer in "
+                            f"[257, {MAX_TOKEN_VOCAB}] (uint16 ids); valid: bytes, bpe:<vocab size>, or a path to a "
+                            "tokenizer.json")
         return "bpe", vocab
     if spec.endswith(".json"):
         return "file", Path(spec).expanduser()

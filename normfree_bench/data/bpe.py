@@ -27,14 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-from normfree_bench.config import tokenizer_spec
+from normfree_bench.config import MAX_TOKEN_VOCAB, tokenizer_spec
 from normfree_bench.data.text import Corpus, cache_root
 from normfree_bench.data.tokens import load_token_files
 from normfree_bench.errors import UserError
+from normfree_bench.io import write_json
 
 FORMAT = 1
 TEXT_CHUNK = 1 << 20  # bytes of text per encode/train batch
-MAX_VOCAB = 65536  # uint16 token ids (config.schema.MAX_TOKEN_VOCAB)
 
 
 def _sha256_bytes(data: bytes) -> str:
@@ -89,9 +89,9 @@ def tokenize(corpus: Corpus, spec: str) -> Corpus:
         except Exception as exc:  # OSError, UnicodeDecodeError, or tokenizers' own parse error
             raise UserError(f"data.tokenizer {spec}: cannot read it as a tokenizer.json ({exc}); valid: a file "
                             "saved by the tokenizers library") from None
-        if named.get_vocab_size() > MAX_VOCAB:
+        if named.get_vocab_size() > MAX_TOKEN_VOCAB:
             raise UserError(f"data.tokenizer {spec} has {named.get_vocab_size()} tokens, more than uint16 ids hold "
-                            f"({MAX_VOCAB}); valid: a tokenizer of at most {MAX_VOCAB} tokens")
+                            f"({MAX_TOKEN_VOCAB}); valid: a tokenizer of at most {MAX_TOKEN_VOCAB} tokens")
         key_part = "file:" + _sha256_bytes(raw)
     else:
         key_part = f"bpe:{arg}"
@@ -107,9 +107,7 @@ def tokenize(corpus: Corpus, spec: str) -> Corpus:
             _encode(tok, getattr(corpus, split), entry / f"{split}.bin")
         meta = {"format": FORMAT, "tokenizer": spec, "vocab_size": tok.get_vocab_size(),  # type: ignore[attr-defined]
                 "tokenizer_sha256": _sha256_bytes(tok_path.read_bytes()), "byte_corpus_sha256": corpus.sha256}
-        tmp = entry / f".meta.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(meta, indent=2))
-        os.replace(tmp, meta_path)
+        write_json(meta_path, meta)  # last: its presence marks a complete entry
     meta = json.loads(meta_path.read_text())
     tokens = load_token_files(entry, meta["vocab_size"])
     source = corpus.meta.get("source", {})

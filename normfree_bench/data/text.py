@@ -256,7 +256,7 @@ def _copy_range(src: Path, dst: Path, start: int, stop: int) -> None:
     os.replace(tmp, dst)
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
@@ -301,7 +301,7 @@ def _file_split(source: _Source, entry: Path, val_fraction: float) -> tuple[list
 
 
 def _split_meta(path: Path, files: list[str]) -> dict[str, Any]:
-    return {"bytes": path.stat().st_size, "sha256": _sha256_file(path), "file_count": len(files),
+    return {"bytes": path.stat().st_size, "sha256": sha256_file(path), "file_count": len(files),
             "files": files}
 
 

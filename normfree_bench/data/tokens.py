@@ -26,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from normfree_bench.data.text import Corpus, cache_root, fingerprint
+from normfree_bench.data.text import Corpus, cache_root, fingerprint, sha256_file
 from normfree_bench.errors import UserError
+from normfree_bench.io import write_json
 
 SPLITS = ("train", "val")
 SNIFF_TOKENS = 1 << 16
@@ -73,16 +74,12 @@ def _sha256(path: Path) -> str:
         return json.loads(memo.read_text())["sha256"]
     except (OSError, ValueError, KeyError):
         pass
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 24), b""):
-            digest.update(block)
+    digest = sha256_file(path)
     try:
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        memo.write_text(json.dumps({"path": str(path.resolve()), "sha256": digest.hexdigest()}))
+        write_json(memo, {"path": str(path.resolve()), "sha256": digest})
     except OSError:
         pass  # an unwritable cache only costs a re-hash next time
-    return digest.hexdigest()
+    return digest
 
 
 def load_token_files(folder: Path, vocab_size: int) -> Corpus:
