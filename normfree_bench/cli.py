@@ -220,11 +220,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+_PARAMS: dict[str, int] = {}  # model and hyperparameters -> parameter count, so each rung's model is built once
+
+
 def reference_params(cfg: RunConfig) -> int:
-    """Parameters of the reference scheme's model under ``cfg`` (the ladder's token rule)."""
+    """Parameters of the reference scheme's model under ``cfg`` (the ladder's token rule); the ladder asks for
+    the same sizes while checking its rungs and again while running them."""
     name = cfg.sweep.reference
-    model = build_model(name, cfg.model, **cfg.baseline_hparams(name))
-    return sum(p.numel() for p in model.parameters())
+    hparams = cfg.baseline_hparams(name)
+    key = repr((name, cfg.model, sorted(hparams.items())))
+    if key not in _PARAMS:
+        model = build_model(name, cfg.model, **hparams)
+        _PARAMS[key] = sum(p.numel() for p in model.parameters())
+    return _PARAMS[key]
 
 
 def cmd_ladder(args: argparse.Namespace) -> int:
