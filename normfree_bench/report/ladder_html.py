@@ -16,10 +16,11 @@ from typing import Any
 from normfree_bench.errors import UserError
 from normfree_bench.io import atomic_write_text
 from normfree_bench.report.html import CSS, REPORT_NAME, esc, figure, fmt_num, html_table, para, write_report
+from normfree_bench.tables.ladder import gap_rule
+from normfree_bench.tables.ladder_plots import PLOT_NAMES
 from normfree_bench.tables.render import fmt_lr
 
 LADDER_FILE = "ladder.json"
-PLOTS = ("ladder_loss", "ladder_gap", "ladder_lr", "ladder_ranks")
 
 
 def is_ladder_dir(path: Path) -> bool:
@@ -56,16 +57,14 @@ def ladder_sections(ladder_dir: Path, summary: dict[str, Any]) -> list[str]:
     flips = [para(f"{f['baseline']}: {f['change']} from d_model {f['from']} to {f['to']}") for f in summary["flips"]] \
         or [para("No scheme changed between failed and trained from one rung to the next.")]
     plots_dir = Path(ladder_dir) / "plots"
-    figures = [figure(plots_dir / f"{name}.png", plots_dir) for name in PLOTS if (plots_dir / f"{name}.png").is_file()]
+    pngs = [plots_dir / f"{name}.png" for name in PLOT_NAMES]
+    figures = [figure(png, plots_dir) for png in pngs if png.is_file()]
     links = []
     for rung in summary["rungs"]:
         for d in rung["dirs"]:
             links.append(f'<li><a href="{esc(d)}/{REPORT_NAME}">{esc(d)}</a>: d_model {rung["width"]}, '
                          f'{rung["steps"]} steps, {rung["n_heads"]} heads</li>')
-    gap_rule = (f"A gap counts as moved when it changed by more than {summary['gap_tol']:g} nats and more than the "
-                "combined CI of the two gaps, from the first to the last rung where the scheme and the reference "
-                "both trained.")
-    return ["<h2>Verdicts</h2>", para(gap_rule), verdicts, "<h2>Per rung</h2>", cells,
+    return ["<h2>Verdicts</h2>", para(gap_rule(summary)), verdicts, "<h2>Per rung</h2>", cells,
             "<h2>Rank agreement and flips</h2>", rho, *flips, "<h2>Plots</h2>", *figures,
             "<h2>Rungs</h2>", f"<ul>{''.join(links)}</ul>"]
 

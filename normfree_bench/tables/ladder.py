@@ -146,6 +146,13 @@ def _f(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def gap_rule(summary: dict[str, Any]) -> str:
+    """The verdicts' rule in words, as the Markdown tables and the ladder report print it."""
+    return (f"A gap counts as moved when it changed by more than {summary['gap_tol']:g} nats and more than the "
+            "combined CI of the two gaps, from the first to the last rung where the scheme and the reference "
+            "both trained.")
+
+
 def render_ladder(summary: dict[str, Any]) -> str:
     """The ladder's tables as Markdown: cells per rung, Spearman's rho, flips, and one line per scheme."""
     ref = summary["reference"]
@@ -171,9 +178,7 @@ def render_ladder(summary: dict[str, Any]) -> str:
                       for s in summary["schemes"]],
                      headers=["scheme", "best-LR slope vs width (log-log)", "trained at d_model", "verdict"],
                      tablefmt="github"), "",
-            f"A gap counts as moved when it changed by more than {summary['gap_tol']:g} nats and more than the "
-            "combined CI of the two gaps, from the first to the last rung where the scheme and the reference "
-            "both trained."]
+            gap_rule(summary)]
     return "\n".join(out) + "\n"
 
 

@@ -18,6 +18,8 @@ from matplotlib.figure import Figure
 
 from normfree_bench.tables.plots import baseline_colors, save_figure
 
+PLOT_NAMES = ("ladder_loss", "ladder_gap", "ladder_lr", "ladder_ranks")  # the files, in page order
+
 
 def _series(summary: dict[str, Any], name: str, key: str, trained_only: bool = True) -> tuple[list, list, list]:
     rows = [c for c in summary["cells"] if c["baseline"] == name and c[key] is not None
@@ -92,4 +94,5 @@ def ladder_figures(summary: dict[str, Any]) -> dict[str, Figure]:
         ax.plot(x, y, marker="o", color=colors[name], label=name)
     ax.invert_yaxis()
     figs["ladder_ranks"] = _finish(fig, ax, "rank (1 = lowest loss; failed schemes last)", "Rank flow between rungs")
+    assert tuple(figs) == PLOT_NAMES
     return figs
