@@ -177,13 +177,13 @@ def train_one(cfg: RunConfig, *, corpus: TaskData | None = None, callbacks: list
     compiling = resolve_compile(cfg.train.compile, device)
     module = LitModel(model, cfg.train, guard, compile_model=compiling)
     timer = _EvalTimer()
-    steps_timer = _StepTimer()
+    steps_timer = _StepTimer() if compiling else None  # step times only where there is a compile to separate
     trainer = pl.Trainer(
         accelerator="gpu" if device == "cuda" else "cpu", devices=1, precision=precision,
         max_steps=cfg.train.steps, val_check_interval=cfg.train.eval_interval, check_val_every_n_epoch=None,
         num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_model_summary=False,
         enable_progress_bar=progress_bar, deterministic=device == "cpu",
-        callbacks=[timer, steps_timer, *(callbacks or [])],
+        callbacks=[timer, *([steps_timer] if steps_timer else []), *(callbacks or [])],
     )
     t_fit = time.perf_counter()
     try:
@@ -202,7 +202,7 @@ def train_one(cfg: RunConfig, *, corpus: TaskData | None = None, callbacks: list
     final_metric = module.val_points[-1][2] if vals else math.nan
     guard.finish(final_val, steps)
     finite_vals = [v for v in vals if math.isfinite(v)]
-    compile_s = steps_timer.compile_s() if compiling else 0.0
+    compile_s = steps_timer.compile_s() if steps_timer else 0.0
     train_s = max(fit_s - timer.eval_s - compile_s, 1e-9)
     tokens = steps * cfg.data.batch_size * cfg.model.n_tokens  # ViT: patches
     return RunResult(
