@@ -1,6 +1,6 @@
 # Two commands set everything up on a fresh machine:
 #   make bench   # create .venv if missing, install, run the default benchmark (~15 min on 2 CPU cores)
-#   make test    # create .venv if missing, install with the dev extra, run the test suite
+#   make test    # create .venv if missing, install with the dev, tracking and hf extras, run the test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,tracking,hf]'
 	touch $(STAMP)
 
 bench: $(STAMP)

@@ -32,7 +32,7 @@ from normfree_bench.analysis.analyze import analyze_run, csv_row
 from normfree_bench.config import NORM_IMPLS, RunConfig, load_run_config, merge, parse_set
 from normfree_bench.config.suites import suite_path
 from normfree_bench.core.registry import check_hparams_section, discover, get_baseline, list_baselines, load_plugin
-from normfree_bench.data.task import check_fits, load_data
+from normfree_bench.data.task import check_fits, load_data, trivial_loss
 from normfree_bench.errors import UserError
 from normfree_bench.io import write_json
 from normfree_bench.models.contract import check_baseline, init_state, tiny_config
@@ -50,6 +50,7 @@ from normfree_bench.tables.ladder import ladder_summary, render_ladder, write_la
 from normfree_bench.tables.render import render, sort_rows
 from normfree_bench.tools.overhead import measure_overhead
 from normfree_bench.tools.speed import SpeedSettings, render_tables, run_speed
+from normfree_bench.training.tracking import LOGGERS, Tracking, check_loggers
 from normfree_bench.training.train import quiet_lightning, resolve_device, resolved_settings, train_one
 
 
@@ -68,6 +69,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def _add_set(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key, e.g. --set hparams.dyt.alpha_init=0.5 (repeatable)")
+
+
+def _add_logger(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--logger", action="append", default=[], metavar="NAME",
+                   help=f"track every trial in {', '.join(LOGGERS)} (repeatable; tensorboard and mlflow need "
+                   "the tracking extra); written under the output directory's logs/")
 
 
 def _load_plugins(paths: list[str]) -> None:
@@ -100,15 +107,22 @@ def baseline_list(text: str) -> list[str]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     _load_plugins(args.plugin)
+    loggers = check_loggers(args.logger)
     cfg = load_run_config(args.config, overrides_of(args))
     get_baseline(cfg.baseline)
     check_hparams_section(cfg.hparams)
     resolved = resolved_settings(cfg)
-    check_fits(load_data(cfg), cfg.model)
+    data = load_data(cfg)
+    check_fits(data, cfg.model)
     out = Path(args.out or f"runs/train-{cfg.baseline}-{cfg.config_hash()}")
     _check_writable(out)
     check_train_dir(out, cfg)
-    result = train_one(cfg, progress_bar=not args.no_progress)
+    tracker = None
+    if loggers:  # stalled as a sweep counts it: at or above the data's trivial loss less the trained margin
+        stall_at = trivial_loss(data) * (1 - cfg.sweep.trained_margin)
+        tracker = Tracking(loggers, out, out.name).tracker(cfg, {"lr": cfg.train.lr, "seed": cfg.train.seed},
+                                                           stall_at)
+    result = train_one(cfg, corpus=data, progress_bar=not args.no_progress, tracker=tracker)
     write_train_output(out, cfg, result, resolved)
     status = f"DIVERGED at step {result.diverged_step} ({result.diverged_reason})" if result.diverged else "ok"
     print(f"{cfg.baseline}: final val loss {result.final_val_loss:.4f} (l0 {result.l0:.3f}), {status}; "
@@ -202,13 +216,14 @@ def _suite_and_out(args: argparse.Namespace, default_suite: str) -> tuple[Path, 
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    loggers = check_loggers(args.logger)
     path, out = _suite_and_out(args, "default")
     cfg = load_run_config(path, overrides_of(args))
     workers = workers_of(args, cfg)
 
     try:
         record = run_sweep(cfg, out, storage_url=args.storage, force_new=args.force_new,
-                           progress=not args.no_progress, workers=workers)
+                           progress=not args.no_progress, workers=workers, loggers=loggers)
     except KeyboardInterrupt:
         if (out / "config.yaml").is_file():
             write_results(out, storage_url=args.storage)
@@ -268,12 +283,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _load_plugins(args.plugin)
     if args.threads < 0:
         raise UserError(f"--threads must be >= 0 (0 keeps torch's default), got {args.threads}")
+    loggers = check_loggers(args.logger)
+    if args.log_dir and not loggers:
+        raise UserError("--log-dir applies only with --logger; valid loggers: csv, tensorboard, mlflow")
+    log_dir = Path(args.log_dir or f"runs/{args.study}")
+    if loggers:
+        _check_writable(log_dir)
     quiet_lightning()
     storage = open_storage(args.storage, create=False)
     run_studies(storage, args.study)  # an unknown run name is bad input, before any output
+    tracking = Tracking(loggers, log_dir, args.study) if loggers else None
     with tqdm(desc=f"worker {args.study}", unit="trial", file=sys.stderr, disable=args.no_progress) as bar:
         work_on_run(storage, args.study, threads=args.threads, on_start=bar.set_postfix_str,
-                    on_trial=lambda: bar.update(1))
+                    on_trial=lambda: bar.update(1), tracking=tracking)
     return 0
 
 
@@ -333,7 +355,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-OVERHEAD_ONLY = ("suite", "steps", "repeats", "set")  # speed options that apply with --overhead only
+OVERHEAD_ONLY = ("suite", "steps", "repeats", "set", "logger")  # speed options that apply with --overhead only
 LAYERS_ONLY = ("baselines", "widths", "tokens", "bf16", "no_compile", "impls", "min_run_time")  # and without it
 
 
@@ -353,8 +375,8 @@ def cmd_speed(args: argparse.Namespace) -> int:
     if stray:
         flag = "--" + stray[0].replace("_", "-")
         raise UserError(f"{flag} does not apply {'with' if args.overhead else 'without'} --overhead; valid with "
-                        f"--overhead: --suite, --steps, --repeats, --set; without: --baselines, --widths, --tokens, "
-                        "--bf16, --no-compile, --impls, --min-run-time")
+                        "--overhead: --suite, --steps, --repeats, --set, --logger; without: --baselines, --widths, "
+                        "--tokens, --bf16, --no-compile, --impls, --min-run-time")
     _load_plugins(args.plugin)
     device = resolve_device(args.device or "auto")
     out = Path(args.out)
@@ -363,15 +385,17 @@ def cmd_speed(args: argparse.Namespace) -> int:
         for option, value in (("--steps", args.steps), ("--repeats", args.repeats)):
             if value is not None and value < 1:
                 raise UserError(f"{option} must be >= 1, got {value}")
+        loggers = check_loggers(args.logger)
         quiet_lightning()
         suite = args.suite or "default"
         flags = {"baseline": "layernorm", "train": {"device": device, **({"steps": args.steps} if args.steps else {})}}
         cfg = load_run_config(suite_path(suite), merge(parse_set(args.set or []), flags))
-        result = measure_overhead(cfg, repeats=args.repeats or 3)
+        result = measure_overhead(cfg, repeats=args.repeats or 3, loggers=loggers)
         write_json(out / "overhead.json", result)
+        tracked = f", logging to {'+'.join(loggers)}" if loggers else ""
         print(f"harness {result['harness_s']:.2f} s / bare loop {result['bare_s']:.2f} s = {result['ratio']:.3f} "
               f"(min {result['ratio_min']:.3f}, max {result['ratio_max']:.3f}; {result['repeats']} pairs, "
-              f"{result['steps']} steps of the '{suite}' model, target <= 1.05) -> {out / 'overhead.json'}")
+              f"{result['steps']} steps of the '{suite}' model{tracked}, target <= 1.05) -> {out / 'overhead.json'}")
         return 0
     names = baseline_list(args.baselines) if args.baselines is not None else list_baselines()
     for name in names:
@@ -410,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--out", help="output directory (default runs/train-<baseline>)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_logger(p)
     _add_common(p)
     _add_set(p)
     p.set_defaults(func=cmd_train)
@@ -428,6 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers-per-device", type=int, metavar="N",
                    help="CUDA only: N worker processes per GPU, each training its own trial")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_logger(p)
     _add_common(p)
     _add_set(p)
     p.set_defaults(func=cmd_run)
@@ -453,6 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", required=True, help="the run name (run_name in the run's config.yaml, nfb-<hash>)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads for this worker (0: torch default)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_logger(p)
+    p.add_argument("--log-dir", help="with --logger: the folder whose logs/ receives this worker's trials "
+                   "(default runs/<study>; run --workers passes its run directory)")
     _add_common(p)
     p.set_defaults(func=cmd_worker)
 
@@ -471,6 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", help="with --overhead: the suite whose model and steps to time (default: default)")
     p.add_argument("--steps", type=int, help="with --overhead: steps per trial (default: the suite's)")
     p.add_argument("--repeats", type=int, help="with --overhead: harness/bare pairs (default 3)")
+    p.add_argument("--logger", action="append", default=[], metavar="NAME",
+                   help="with --overhead: the harness trials also log to this tracker (csv, tensorboard, mlflow)")
     _add_common(p)
     _add_set(p)
     p.set_defaults(func=cmd_speed)

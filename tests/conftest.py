@@ -20,7 +20,7 @@ from normfree_bench.cli import main
 
 # Fixtures that run a whole sweep, analysis or report, and tests that start a fresh interpreter (a few
 # seconds each): they make up the slow tier; `pytest -m "not slow"` runs everything else.
-SLOW_FIXTURES = {"smoke", "smoke_dir", "analyzed", "report", "plugin_run", "uninterrupted"}
+SLOW_FIXTURES = {"smoke", "smoke_dir", "analyzed", "report", "plugin_run", "uninterrupted", "tracked"}
 SLOW_TESTS = {
     "test_console_script_bad_input", "test_baselines_list_subprocess",
     "test_baselines_check_plugin_whose_forward_raises",

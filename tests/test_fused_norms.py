@@ -208,6 +208,7 @@ def test_the_default_implementation_keeps_the_config_hash() -> None:
     data["train"].pop("compile")  # (and when None: tests/test_compile_training.py)
     data["data"].pop("vocab_size")  # (and when None: tests/test_tokens.py)
     data["data"].pop("tokenizer")
+    data["data"].pop("text_field")
     assert cfg.config_hash() == config_hash(data)  # runs recorded before norm_impl existed still resume
     fused_cfg = load_run_config(overrides=parse_set(["model.norm_impl=fused"]))
     assert fused_cfg.config_hash() != cfg.config_hash() and fused_cfg.sweep_hash() != cfg.sweep_hash()

@@ -290,6 +290,7 @@ def test_per_baseline_grids_replace_the_shared_one_and_keep_old_hashes() -> None
     data["train"].pop("compile")
     data["data"].pop("vocab_size")
     data["data"].pop("tokenizer")
+    data["data"].pop("text_field")
     assert cfg.config_hash() == config_hash(data)  # runs recorded before the key existed still resume
     own = load_run_config(suite_path("smoke"), parse_set(["sweep.lrs_by_baseline={dyt: [0.3, 0.03]}"]))
     assert search_space(own, "dyt")["lr"] == [0.03, 0.3]

@@ -139,6 +139,7 @@ class DataConfig:
     val_fraction: float = 0.1  # share of files held out for validation
     vocab_size: int | None = None  # token files (a folder with train.bin, val.bin): their vocabulary; None: bytes
     tokenizer: str = "bytes"  # text corpora: bytes, bpe:<vocab> (trained on the train split), or a tokenizer.json
+    text_field: str | None = None  # hf:<saved dataset> corpora: the text column (None: "text")
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -151,6 +152,11 @@ class DataConfig:
         if not self.corpus:
             raise UserError("data.corpus is empty; valid: 'stdlib' or a path to a text file or folder")
         tokenizer_spec(self.tokenizer)
+        if self.text_field is not None and not self.corpus.startswith("hf:"):
+            raise UserError(f"data.text_field applies to Hugging Face datasets (data.corpus: hf:<folder>), and corpus "
+                            f"{self.corpus!r} is not one; leave data.text_field out")
+        if self.text_field == "":
+            raise UserError("data.text_field is empty; valid: the name of a string column of the dataset")
         if self.vocab_size is not None and not 2 <= self.vocab_size <= MAX_TOKEN_VOCAB:
             raise UserError(f"data.vocab_size must be in [2, {MAX_TOKEN_VOCAB}] (uint16 token ids), got "
                             f"{self.vocab_size}")
@@ -349,14 +355,15 @@ class RunConfig:
 
 def _hashed(data: dict[str, Any]) -> dict[str, Any]:
     """The config as hashed: ``model.norm_impl`` left out when it is the default ``eager``,
-    ``sweep.lrs_by_baseline`` when it is empty, and ``train.compile``, ``data.vocab_size`` and ``data.tokenizer``
-    when they are the default, so that run directories recorded before those keys existed keep their hash."""
+    ``sweep.lrs_by_baseline`` when it is empty, and ``train.compile``, ``data.vocab_size``, ``data.tokenizer`` and
+    ``data.text_field`` when they are the default, so that run directories recorded before those keys existed
+    keep their hash."""
     if data.get("model", {}).get("norm_impl") == "eager":
         data = {**data, "model": {k: v for k, v in data["model"].items() if k != "norm_impl"}}
     if "sweep" in data and not data["sweep"].get("lrs_by_baseline", True):
         data = {**data, "sweep": {k: v for k, v in data["sweep"].items() if k != "lrs_by_baseline"}}
     if "data" in data:
-        defaults = {"vocab_size": None, "tokenizer": "bytes"}
+        defaults = {"vocab_size": None, "tokenizer": "bytes", "text_field": None}
         data = {**data, "data": {k: v for k, v in data["data"].items() if k not in defaults or v != defaults[k]}}
     if "train" in data and data["train"].get("compile", False) is None:
         data = {**data, "train": {k: v for k, v in data["train"].items() if k != "compile"}}

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from normfree_bench.config import DataConfig, ModelConfig, RunConfig
 from normfree_bench.data.bpe import tokenize
+from normfree_bench.data.hf import hf_path, load_hf_corpus
 from normfree_bench.data.images import ImageData, TrainImages, load_images, val_image_batches
 from normfree_bench.data.text import Corpus, TrainWindows, check_split_size, load_corpus, val_batches
 from normfree_bench.data.tokens import holds_token_files, load_token_files
@@ -30,8 +31,9 @@ def load_data(cfg: RunConfig) -> TaskData:
 
 
 def load_lm_corpus(data: DataConfig) -> Corpus:
-    """Token files (a folder with nanoGPT's train.bin and val.bin, `data.vocab_size` ids), or a text corpus as
-    bytes or through ``data.tokenizer`` (normfree_bench.data.bpe)."""
+    """Token files (a folder with nanoGPT's train.bin and val.bin, `data.vocab_size` ids), or a text corpus (the
+    stdlib, a file or folder, or ``hf:<saved dataset>``, normfree_bench.data.hf) as bytes or through
+    ``data.tokenizer`` (normfree_bench.data.bpe)."""
     path = Path(data.corpus).expanduser()
     if data.corpus != "stdlib" and path.is_dir() and holds_token_files(path):
         if data.tokenizer != "bytes":
@@ -45,6 +47,8 @@ def load_lm_corpus(data: DataConfig) -> Corpus:
         raise UserError(f"data.vocab_size applies to token files (a folder with train.bin and val.bin), and "
                         f"corpus {data.corpus} is text (its vocabulary comes from data.tokenizer); leave "
                         "data.vocab_size out")
+    if hf_path(data.corpus) is not None:
+        return tokenize(load_hf_corpus(data), data.tokenizer)
     return tokenize(load_corpus(data), data.tokenizer)
 
 

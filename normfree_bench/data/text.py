@@ -349,7 +349,7 @@ def _read_cached(entry: Path) -> dict[str, Any] | None:
     return meta if ok and meta.get("format") == CACHE_FORMAT else None
 
 
-def _open_split(path: Path) -> np.ndarray:
+def open_split(path: Path) -> np.ndarray:
     if path.stat().st_size == 0:  # numpy cannot memory-map an empty file
         return np.zeros(0, dtype=np.uint8)
     return np.memmap(path, dtype=np.uint8, mode="r")
@@ -395,7 +395,7 @@ def _load_uncached(cfg: DataConfig) -> Corpus:
     if meta["train"]["bytes"] + meta["val"]["bytes"] == 0:
         raise UserError(f"corpus {cfg.corpus} has 0 bytes of text; {_VALID_CORPUS}")
     meta["cache_dir"] = str(entry)
-    return Corpus(train=_open_split(entry / "train.bin"), val=_open_split(entry / "val.bin"),
+    return Corpus(train=open_split(entry / "train.bin"), val=open_split(entry / "val.bin"),
                   sha256=meta["sha256"], meta=meta)
 
 

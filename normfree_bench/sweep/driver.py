@@ -58,6 +58,7 @@ from normfree_bench.sweep.grid import (
 )
 from normfree_bench.sweep.selection import chosen_cells
 from normfree_bench.sweep.worker import is_done, optimize_study
+from normfree_bench.training.tracking import Tracking
 from normfree_bench.training.train import resolved_settings
 
 
@@ -102,9 +103,11 @@ def worker_count(requested: int, open_points: int, device: str) -> int:
 
 
 def run_sweep(cfg: RunConfig, run_dir: Path, *, storage_url: str | None = None, force_new: bool = False,
-              progress: bool = True, workers: int = 1, callbacks: Sequence[pl.Callback] = ()) -> dict[str, Any]:
+              progress: bool = True, workers: int = 1, callbacks: Sequence[pl.Callback] = (),
+              loggers: Sequence[str] = ()) -> dict[str, Any]:
     """Run (or resume) every baseline's grid; return the run record. Tables are written by the caller.
-    ``callbacks`` are Lightning callbacks for every trial of this process (the tests' fault injection).
+    ``callbacks`` are Lightning callbacks for every trial of this process (the tests' fault injection);
+    ``loggers`` the trackers every trial writes to (normfree_bench.training.tracking, already checked).
 
     Every input is checked before the run directory is touched: the baselines and their
     hyperparameters, every grid point's config, the data against every model of the grid, a forward
@@ -155,15 +158,19 @@ def run_sweep(cfg: RunConfig, run_dir: Path, *, storage_url: str | None = None, 
                dynamic_ncols=True)
     t0 = time.perf_counter()
 
+    tracking = Tracking(tuple(loggers), run_dir, record["run_name"]) if loggers else None
+    if tracking:
+        tracking.prepare()
+
     def run_phase(phases: list[Phase]) -> None:
         if workers == 1:
             for p in phases:
                 optimize_study(p.study, cfg, p.baseline, p.space, on_start=bar.set_postfix_str,
-                               callbacks=callbacks, on_trial=lambda: bar.update(1))
+                               callbacks=callbacks, on_trial=lambda: bar.update(1), tracking=tracking)
         else:
             finished = done - sum(p.done() for p in phases)
             run_workers(url, record["run_name"], workers, device, cfg.train.threads, bar,
-                        lambda: finished + sum(p.done() for p in phases))
+                        lambda: finished + sum(p.done() for p in phases), tracking)
 
     try:
         run_phase(tune)
@@ -232,8 +239,9 @@ def existing_eval_phases(storage: optuna.storages.BaseStorage, record: dict[str,
 
 
 def run_workers(url: str, run_name: str, workers: int, device: str, threads: int, bar: tqdm,
-                count_done: Callable[[], int]) -> None:
-    """``workers`` worker processes on this machine: one GPU each on CUDA, the CPU threads split on CPU."""
+                count_done: Callable[[], int], tracking: Tracking | None = None) -> None:
+    """``workers`` worker processes on this machine: one GPU each on CUDA, the CPU threads split on CPU;
+    each writes its trials to ``tracking``'s loggers under the run directory."""
     per_worker = max(1, (threads or os.cpu_count() or 1) // workers)
     procs = []
     gate = tempfile.mkdtemp(prefix="nfb-start-")
@@ -243,6 +251,8 @@ def run_workers(url: str, run_name: str, workers: int, device: str, threads: int
             env["CUDA_VISIBLE_DEVICES"] = str(i % max(1, torch.cuda.device_count()))
         cmd = [sys.executable, "-m", "normfree_bench", "worker", "--storage", url, "--study", run_name,
                "--threads", str(per_worker), "--no-progress"]
+        if tracking:
+            cmd += [*(a for name in tracking.loggers for a in ("--logger", name)), "--log-dir", str(tracking.root)]
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL))
     try:
         while any(p.poll() is None for p in procs):

@@ -40,6 +40,7 @@ from normfree_bench.errors import UserError
 from normfree_bench.store.rundir import run_studies, study_spec
 from normfree_bench.store.trials import save_result
 from normfree_bench.sweep.grid import ResumableGridSampler, Space, params_of, point_of, trial_config
+from normfree_bench.training.tracking import Tracking
 from normfree_bench.training.train import train_one
 
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
@@ -105,9 +106,9 @@ class Objective:
     """One grid point: suggest its parameters, skip a duplicate, train, store the result."""
 
     def __init__(self, cfg: RunConfig, baseline: str, space: Space, on_start: Callable[[str], None] | None = None,
-                 callbacks: Sequence[pl.Callback] = ()) -> None:
+                 callbacks: Sequence[pl.Callback] = (), tracking: Tracking | None = None) -> None:
         self.cfg, self.baseline, self.space, self.on_start = cfg, baseline, space, on_start
-        self.callbacks = list(callbacks)
+        self.callbacks, self.tracking = list(callbacks), tracking
         self.data = load_data(cfg)
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -130,9 +131,13 @@ class Objective:
                 raise optuna.TrialPruned(f"grid point {params} is already done or running")
         if self.on_start is not None:
             self.on_start(f"{self.baseline} lr={params['lr']:.2g} seed={params['seed']}")
+        cfg = trial_config(self.cfg, self.baseline, params)
+        tracker = None
+        if self.tracking:  # a trial is stalled at the leaderboard's threshold: the run's trivial loss less its margin
+            stall_at = trial.study.user_attrs["trivial_loss"] * (1 - cfg.sweep.trained_margin)
+            tracker = self.tracking.tracker(cfg, params, stall_at)
         try:
-            result = train_one(trial_config(self.cfg, self.baseline, params), corpus=self.data,
-                               callbacks=self.callbacks)
+            result = train_one(cfg, corpus=self.data, callbacks=self.callbacks, tracker=tracker)
         except Exception as exc:
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
             raise
@@ -141,7 +146,7 @@ class Objective:
 
 def optimize_study(study: optuna.Study, cfg: RunConfig, baseline: str, space: Space,
                    on_start: Callable[[str], None] | None = None, callbacks: Sequence[pl.Callback] = (),
-                   on_trial: Callable[[], None] | None = None) -> None:
+                   on_trial: Callable[[], None] | None = None, tracking: Tracking | None = None) -> None:
     """Run this study's open grid points until none is left (other workers may share the study)."""
     recover(study)
     if open_points(study, space) == 0:
@@ -155,7 +160,7 @@ def optimize_study(study: optuna.Study, cfg: RunConfig, baseline: str, space: Sp
             study.stop()
 
     try:
-        objective = Objective(cfg, baseline, space, on_start, callbacks)
+        objective = Objective(cfg, baseline, space, on_start, callbacks, tracking)
         study.optimize(objective, catch=(Exception,), callbacks=[after_trial],
                        gc_after_trial=False)
     except KeyboardInterrupt:  # Ctrl-C between Optuna's bookkeeping steps may leave our trial RUNNING
@@ -179,7 +184,8 @@ def wait_at_start_gate(timeout: float = 120.0) -> None:
 
 
 def work_on_run(storage: optuna.storages.BaseStorage, run_name: str, threads: int = 0,
-                on_start: Callable[[str], None] | None = None, on_trial: Callable[[], None] | None = None) -> None:
+                on_start: Callable[[str], None] | None = None, on_trial: Callable[[], None] | None = None,
+                tracking: Tracking | None = None) -> None:
     """What a worker does: every study of the run in turn, until all grid points are done."""
     for study in run_studies(storage, run_name, ResumableGridSampler):
         cfg, baseline, space = study_spec(study)
@@ -193,4 +199,4 @@ def work_on_run(storage: optuna.storages.BaseStorage, run_name: str, threads: in
             torch.set_num_threads(threads)
             cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))
         wait_at_start_gate()
-        optimize_study(study, cfg, baseline, space, on_start=on_start, on_trial=on_trial)
+        optimize_study(study, cfg, baseline, space, on_start=on_start, on_trial=on_trial, tracking=tracking)

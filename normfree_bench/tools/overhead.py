@@ -1,6 +1,6 @@
 """How much the harness costs: one trial through Lightning (guard, metrics, logging) against a bare loop.
 
-Usage: ``normfree-bench speed --overhead --suite default``  (prints harness / bare wall-time ratio)
+Usage: ``normfree-bench speed --overhead --suite default [--logger tensorboard]``  (prints harness / bare ratio)
 
 Both sides train the same model for the same steps on the same batches, with the same optimizer,
 schedule, clipping and evaluations; they alternate (A B A B ...) and the ratio is the median of the
@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import math
 import statistics
+import tempfile
 import time
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,6 +24,7 @@ from normfree_bench.config import RunConfig
 from normfree_bench.data.task import TaskData, load_data, loaders
 from normfree_bench.models.factory import build_model
 from normfree_bench.models.transformer import task_loss
+from normfree_bench.training.tracking import Tracking
 from normfree_bench.training.train import train_one
 
 
@@ -54,25 +58,31 @@ def bare_loop(cfg: RunConfig, corpus: TaskData) -> float:
     return time.perf_counter() - t0
 
 
-def harness_trial(cfg: RunConfig, corpus: TaskData) -> float:
+def harness_trial(cfg: RunConfig, corpus: TaskData, tracking: Tracking | None = None) -> float:
+    """One `train_one` trial's wall seconds; with ``tracking``, its loggers' set-up, writes and closing count."""
     t0 = time.perf_counter()
-    train_one(cfg, corpus=corpus)
+    tracker = tracking.tracker(cfg, {"lr": cfg.train.lr, "seed": cfg.train.seed}, stall_at=0.0) if tracking else None
+    train_one(cfg, corpus=corpus, tracker=tracker)
     return time.perf_counter() - t0
 
 
-def measure_overhead(cfg: RunConfig, repeats: int = 3) -> dict[str, Any]:
-    """Alternate harness and bare runs ``repeats`` times; return medians and the median ratio."""
+def measure_overhead(cfg: RunConfig, repeats: int = 3, loggers: Sequence[str] = ()) -> dict[str, Any]:
+    """Alternate harness and bare runs ``repeats`` times; return medians and the median ratio. With
+    ``loggers``, every harness trial also logs to them (in a temporary folder, removed afterwards)."""
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     corpus = load_data(cfg)
-    harness_trial(cfg, corpus)  # warm-up: imports, allocator, first Trainer
-    pairs = []
-    for _ in range(repeats):
-        pairs.append((harness_trial(cfg, corpus), bare_loop(cfg, corpus)))
+    with tempfile.TemporaryDirectory(prefix="nfb-overhead-") as folder:
+        tracking = Tracking(tuple(loggers), Path(folder), "overhead") if loggers else None
+        harness_trial(cfg, corpus, tracking)  # warm-up: imports, allocator, first Trainer
+        pairs = []
+        for _ in range(repeats):
+            pairs.append((harness_trial(cfg, corpus, tracking), bare_loop(cfg, corpus)))
     ratios = [h / b for h, b in pairs]
     return {"baseline": cfg.baseline, "steps": cfg.train.steps, "d_model": cfg.model.d_model,
             "n_layers": cfg.model.n_layers, "repeats": repeats,
             "harness_s": statistics.median(h for h, _ in pairs), "bare_s": statistics.median(b for _, b in pairs),
             "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
             "pairs": [[round(h, 3), round(b, 3)] for h, b in pairs], "threads": torch.get_num_threads(),
+            "loggers": list(loggers),
             "ok": statistics.median(ratios) <= 1.05 or math.isnan(statistics.median(ratios))}

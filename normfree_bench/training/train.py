@@ -25,6 +25,7 @@ from normfree_bench.errors import UserError
 from normfree_bench.models.factory import build_model
 from normfree_bench.training.guard import DivergenceGuard
 from normfree_bench.training.lit_module import LitModel
+from normfree_bench.training.tracking import TrialTracker
 
 CURVE_FIELDS = ("step", "train_loss", "val_loss", "grad_norm", "val_perplexity", "val_accuracy")
 
@@ -159,8 +160,9 @@ def merge_curve(module: LitModel) -> list[dict[str, float]]:
 
 
 def train_one(cfg: RunConfig, *, corpus: TaskData | None = None, callbacks: list[pl.Callback] | None = None,
-              progress_bar: bool = False) -> RunResult:
-    """Train ``cfg.baseline`` once with ``cfg``; never raises for divergence (that is a result)."""
+              progress_bar: bool = False, tracker: TrialTracker | None = None) -> RunResult:
+    """Train ``cfg.baseline`` once with ``cfg``; never raises for divergence (that is a result).
+    ``tracker`` (normfree_bench.training.tracking) feeds the trial's points to its loggers and closes them."""
     t_start = time.perf_counter()
     quiet_lightning()
     device = resolve_device(cfg.train.device)
@@ -183,24 +185,29 @@ def train_one(cfg: RunConfig, *, corpus: TaskData | None = None, callbacks: list
         max_steps=cfg.train.steps, val_check_interval=cfg.train.eval_interval, check_val_every_n_epoch=None,
         num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_model_summary=False,
         enable_progress_bar=progress_bar, deterministic=device == "cpu",
-        callbacks=[timer, *([steps_timer] if steps_timer else []), *(callbacks or [])],
+        callbacks=[timer, *([steps_timer] if steps_timer else []), *([tracker] if tracker else []),
+                   *(callbacks or [])],
     )
     t_fit = time.perf_counter()
     try:
         trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
-    except SystemExit:
-        if trainer.interrupted:  # Lightning turns Ctrl-C into exit(1); keep it an interrupt for the sweep
-            raise KeyboardInterrupt from None
+        steps = trainer.global_step
+        if not guard.diverged and (not module.val_points or module.val_points[-1][0] != steps):
+            trainer.validate(module, dataloaders=val_loader, verbose=False)
+    except BaseException as exc:
+        if tracker:  # a crash or an interrupt: the logger runs end as failed, with what they got so far
+            tracker.close("failed")
+        if isinstance(exc, SystemExit) and trainer.interrupted:  # Lightning turns Ctrl-C into exit(1); keep it
+            raise KeyboardInterrupt from None                    # an interrupt for the sweep
         raise
-    steps = trainer.global_step
-    if not guard.diverged and (not module.val_points or module.val_points[-1][0] != steps):
-        trainer.validate(module, dataloaders=val_loader, verbose=False)
     fit_s = time.perf_counter() - t_fit
 
     vals = [v for _, v, _ in module.val_points]
     final_val = vals[-1] if vals else math.nan
     final_metric = module.val_points[-1][2] if vals else math.nan
     guard.finish(final_val, steps)
+    if tracker:
+        tracker.finish(module, diverged=guard.diverged, final_val_loss=final_val, l0=guard.l0, steps=steps)
     finite_vals = [v for v in vals if math.isfinite(v)]
     compile_s = steps_timer.compile_s() if steps_timer else 0.0
     train_s = max(fit_s - timer.eval_s - compile_s, 1e-9)
