@@ -97,8 +97,8 @@ class _Source:
         return self.root / rel if self.kind != "file" else self.root
 
     def describe(self) -> str:
-        if self.kind == "stdlib":
-            return f"Python {sys.version.split()[0]} standard library at {self.root}"
+        if self.kind == "stdlib":  # not its folder: where Python is installed is the machine's, not the data's
+            return f"Python {sys.version.split()[0]} standard library ({len(self.files)} files)"
         return f"{self.kind} {self.root}"
 
 
@@ -395,6 +395,7 @@ def _load_uncached(cfg: DataConfig) -> Corpus:
     if meta["train"]["bytes"] + meta["val"]["bytes"] == 0:
         raise UserError(f"corpus {cfg.corpus} has 0 bytes of text; {_VALID_CORPUS}")
     meta["cache_dir"] = str(entry)
+    meta["source"]["description"] = source.describe()  # as this version words it (an older cache entry may not)
     return Corpus(train=open_split(entry / "train.bin"), val=open_split(entry / "val.bin"),
                   sha256=meta["sha256"], meta=meta)
 
