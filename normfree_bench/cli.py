@@ -50,7 +50,7 @@ from normfree_bench.tables.ladder import ladder_summary, render_ladder, write_la
 from normfree_bench.tables.render import render, sort_rows
 from normfree_bench.tools.overhead import measure_overhead
 from normfree_bench.tools.speed import SpeedSettings, render_tables, run_speed
-from normfree_bench.training.tracking import LOGGERS, Tracking, check_loggers
+from normfree_bench.training.tracking import LOGGERS, Tracking, check_loggers, check_tracked_config
 from normfree_bench.training.train import quiet_lightning, resolve_device, resolved_settings, train_one
 
 
@@ -109,6 +109,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     _load_plugins(args.plugin)
     loggers = check_loggers(args.logger)
     cfg = load_run_config(args.config, overrides_of(args))
+    check_tracked_config(loggers, cfg)
     get_baseline(cfg.baseline)
     check_hparams_section(cfg.hparams)
     resolved = resolved_settings(cfg)
@@ -219,6 +220,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     loggers = check_loggers(args.logger)
     path, out = _suite_and_out(args, "default")
     cfg = load_run_config(path, overrides_of(args))
+    check_tracked_config(loggers, cfg)
     workers = workers_of(args, cfg)
 
     try:
@@ -251,8 +253,10 @@ def reference_params(cfg: RunConfig) -> int:
 
 
 def cmd_ladder(args: argparse.Namespace) -> int:
+    loggers = check_loggers(args.logger)
     path, out = _suite_and_out(args, "ladder-smoke")
     ladder = load_ladder(path, overrides_of(args))
+    check_tracked_config(loggers, ladder.base)
     baselines = sweep_baselines(ladder.base)
     for cfg in check_rungs(ladder, reference_params):  # every rung's sizes and its grid, before any training
         grid_configs(cfg, baselines)
@@ -261,7 +265,7 @@ def cmd_ladder(args: argparse.Namespace) -> int:
     def run_rung(cfg: RunConfig, rung_dir: Path) -> list[dict[str, Any]]:
         print(f"== {cfg.description} -> {rung_dir}", file=sys.stderr)
         run_sweep(cfg, rung_dir, storage_url=args.storage, progress=not args.no_progress,
-                  workers=workers_of(args, cfg))
+                  workers=workers_of(args, cfg), loggers=loggers)
         return write_results(rung_dir, storage_url=args.storage)
 
     try:
@@ -470,6 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="worker processes per rung (as run --workers)")
     p.add_argument("--workers-per-device", type=int, metavar="N", help="CUDA only: N workers per GPU (as run)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    _add_logger(p)
     _add_common(p)
     _add_set(p)
     p.set_defaults(func=cmd_ladder)

@@ -30,6 +30,8 @@ SLOW_TESTS = {
     "test_old_module_paths_are_the_new_modules_with_a_deprecation_warning", "test_public_imports_and_a_lazy_convert",
     "test_vision_smoke_suite_end_to_end", "test_compiled_layer_benchmark_reports_compile_time",
     "test_the_patch_init_example_plugin_isolates_the_patch_convolution",
+    "test_the_standard_library_trains_through_run_on_bpe_tokens", "test_two_gloo_ranks_train_the_single_process_curve",
+    "test_run_trains_on_a_saved_dataset_with_bpe", "test_a_ladder_logs_each_rungs_trials_under_its_run_directory",
 }
 
 

@@ -5,6 +5,7 @@ Usage: ``.venv/bin/python -m pytest tests/test_bpe.py -q``
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
@@ -122,3 +123,17 @@ def test_a_sweep_records_its_tokenizer_in_provenance(tmp_path, capsys) -> None:
     assert provenance["tokenizer"] == {"tokenizer": "bpe:300", "vocab_size": corpus.vocab_size,
                                        "tokenizer_sha256": corpus.meta["tokenizer"]["tokenizer_sha256"]}
     assert provenance["corpus_sha256"] == corpus.sha256 and "tokenized with bpe:300" in provenance["corpus_source"]
+
+
+def test_the_standard_library_trains_through_run_on_bpe_tokens(tmp_path, capsys) -> None:
+    """The default-bpe path, cut down: the stdlib's training split gives the BPE, a sweep trains on its tokens."""
+    out = tmp_path / "run"
+    rc, _, err = cli(["run", "--suite", "smoke", "--baselines", "layernorm", "--out", str(out), "--no-progress",
+                      "--set", "sweep.lrs=[0.01]", "--set", "train.steps=6", "--set", "train.warmup_steps=1",
+                      "--set", "data.tokenizer=bpe:512", "--set", "model.vocab_size=512"], capsys)
+    assert rc == 0, err
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert provenance["tokenizer"]["tokenizer"] == "bpe:512" and provenance["tokenizer"]["vocab_size"] == 512
+    assert "standard library" in provenance["corpus_source"] and "tokenized with bpe:512" in provenance["corpus_source"]
+    first = next(r for r in csv.DictReader((out / "curves.csv").open()) if r["train_loss"] not in ("", "nan"))
+    assert abs(float(first["train_loss"]) - math.log(512)) < 0.3  # a uniform guess over the BPE vocabulary

@@ -24,6 +24,7 @@ def test_compile_defaults_to_cuda_only_and_keeps_old_hashes() -> None:
     assert resolved_settings(cfg)["compile"] is False  # this machine has no GPU
     data = cfg.to_dict()
     assert data["train"].pop("compile") is None
+    assert (data["train"].pop("devices"), data["train"].pop("strategy")) == (1, "auto")
     data["model"].pop("norm_impl")
     data["sweep"].pop("lrs_by_baseline")
     data["data"].pop("vocab_size")

@@ -206,6 +206,8 @@ def test_the_default_implementation_keeps_the_config_hash() -> None:
     data["model"].pop("norm_impl")
     data["sweep"].pop("lrs_by_baseline")  # (left out when empty too: tests/test_ladder.py)
     data["train"].pop("compile")  # (and when None: tests/test_compile_training.py)
+    data["train"].pop("devices")
+    data["train"].pop("strategy")
     data["data"].pop("vocab_size")  # (and when None: tests/test_tokens.py)
     data["data"].pop("tokenizer")
     data["data"].pop("text_field")

@@ -120,7 +120,8 @@ def test_vocab_size_left_out_keeps_old_config_hashes() -> None:
     assert data["data"].pop("vocab_size") is None
     assert data["data"].pop("tokenizer") == "bytes"
     assert data["data"].pop("text_field") is None
-    for section, key in (("model", "norm_impl"), ("sweep", "lrs_by_baseline"), ("train", "compile")):
+    for section, key in (("model", "norm_impl"), ("sweep", "lrs_by_baseline"), ("train", "compile"),
+                         ("train", "devices"), ("train", "strategy")):
         data[section].pop(key)
     assert cfg.config_hash() == config_hash(data)
     assert DataConfig(vocab_size=50257).vocab_size == 50257

@@ -251,6 +251,24 @@ def test_a_trial_that_crashes_ends_its_mlflow_run_failed_and_a_nan_loss_is_diver
     assert [m.value for m in client.get_metric_history(finished.info.run_id, "final/diverged")] == [1.0]
 
 
+def test_a_ladder_logs_each_rungs_trials_under_its_run_directory(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "ladder"
+    with private_cache(tmp_path):
+        write_word_corpus(tmp_path / "corpus.txt")
+        rc, _, err = cli(["ladder", "--suite", "ladder-smoke", "--out", str(out), "--no-progress", "--logger", "csv",
+                          "--baselines", "layernorm", "--set", f"data.corpus={tmp_path / 'corpus.txt'}",
+                          "--set", "ladder.widths=[8,16]", "--set", "ladder.head_dim=4",
+                          "--set", "ladder.tokens_per_param=0.5"], capsys)
+    assert rc == 0, err
+    rungs = sorted(p.name for p in out.iterdir() if (p / "trials.csv").is_file())
+    assert rungs[:2] == ["d16", "d8"] or set(rungs) >= {"d8", "d16"}
+    for rung in ("d8", "d16"):
+        logged = sorted(p.relative_to(out / rung / "logs" / "csv").as_posix()
+                        for p in (out / rung / "logs" / "csv").glob("*/*/*/metrics.csv"))
+        expected = sorted(f"{name}/metrics.csv" for name in trials_by_name(out / rung))
+        assert logged == expected, (rung, logged, expected)
+
+
 # ---- the pieces ------------------------------------------------------------------------------------------
 def test_trial_names_carry_the_grid_point() -> None:
     assert trial_name("dyt", {"lr": 0.001, "seed": 2}) == "dyt/lr=0.001/seed=2"

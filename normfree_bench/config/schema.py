@@ -32,6 +32,7 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
 NORM_IMPLS = ("eager", "compiled", "fused")
 SEED_MAX = 2**32 - 1  # Lightning's seed_everything bound (numpy's too)
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "bf16-true", "16-mixed", "64-true")
+STRATEGIES = ("auto", "ddp")
 
 
 def check_finite(where: str, *values: tuple[str, float]) -> None:
@@ -203,6 +204,8 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     # torch.compile the model for the training steps (evaluation stays eager); None: on CUDA, not on CPU.
     compile: bool | None = None
+    devices: int = 1  # data-parallel processes per trial (with strategy ddp): GPUs on CUDA, gloo processes on CPU
+    strategy: Literal["auto", "ddp"] = "auto"  # ddp: Lightning's DistributedDataParallel over `devices`
 
     def __post_init__(self) -> None:
         check_finite("train", ("lr", self.lr), ("min_lr_ratio", self.min_lr_ratio),
@@ -229,6 +232,13 @@ class TrainConfig:
             raise UserError(f"train.threads must be >= 0 (0 keeps torch's default), got {self.threads}")
         if self.precision not in PRECISIONS:
             raise UserError(unknown_choice(self.precision, PRECISIONS, "train.precision"))
+        if self.strategy not in STRATEGIES:
+            raise UserError(unknown_choice(self.strategy, STRATEGIES, "train.strategy"))
+        if self.devices < 1:
+            raise UserError(f"train.devices must be >= 1, got {self.devices}")
+        if self.devices > 1 and self.strategy != "ddp":
+            raise UserError(f"train.devices {self.devices} needs train.strategy ddp (data-parallel trials); valid: "
+                            "train.strategy: ddp, or train.devices: 1")
 
 
 @dataclass(frozen=True)
@@ -355,9 +365,9 @@ class RunConfig:
 
 def _hashed(data: dict[str, Any]) -> dict[str, Any]:
     """The config as hashed: ``model.norm_impl`` left out when it is the default ``eager``,
-    ``sweep.lrs_by_baseline`` when it is empty, and ``train.compile``, ``data.vocab_size``, ``data.tokenizer`` and
-    ``data.text_field`` when they are the default, so that run directories recorded before those keys existed
-    keep their hash."""
+    ``sweep.lrs_by_baseline`` when it is empty, and ``train.compile``, ``train.devices``, ``train.strategy``,
+    ``data.vocab_size``, ``data.tokenizer`` and ``data.text_field`` when they are the default, so that run
+    directories recorded before those keys existed keep their hash."""
     if data.get("model", {}).get("norm_impl") == "eager":
         data = {**data, "model": {k: v for k, v in data["model"].items() if k != "norm_impl"}}
     if "sweep" in data and not data["sweep"].get("lrs_by_baseline", True):
@@ -365,8 +375,9 @@ def _hashed(data: dict[str, Any]) -> dict[str, Any]:
     if "data" in data:
         defaults = {"vocab_size": None, "tokenizer": "bytes", "text_field": None}
         data = {**data, "data": {k: v for k, v in data["data"].items() if k not in defaults or v != defaults[k]}}
-    if "train" in data and data["train"].get("compile", False) is None:
-        data = {**data, "train": {k: v for k, v in data["train"].items() if k != "compile"}}
+    if "train" in data:
+        defaults = {"compile": None, "devices": 1, "strategy": "auto"}
+        data = {**data, "train": {k: v for k, v in data["train"].items() if k not in defaults or v != defaults[k]}}
     return data
 
 

@@ -33,7 +33,8 @@ def _finish(fig: Figure, ax: Any, ylabel: str, title: str) -> Figure:
     ax.set_xlabel("d_model")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # a ladder of the reference alone has no gap line to label
+        ax.legend(fontsize=8)
     return fig
 
 
@@ -55,14 +56,17 @@ def ladder_figures(summary: dict[str, Any]) -> dict[str, Figure]:
         x, y, rows = _series(summary, name, "loss")
         err = [c["loss_ci95"] or 0.0 for c in rows]
         ax.errorbar(x, y, yerr=err, marker="o", color=colors[name], label=name, capsize=3)
-    for w in widths:
-        trained = [c["loss"] for c in summary["cells"] if c["width"] == w and c["verdict"] == "trained"
-                   and c["loss"] is not None]
-        failed = [c for c in summary["cells"] if c["width"] == w and c["verdict"] != "trained"]
-        if failed and trained:
-            ax.scatter([w] * len(failed), [max(trained)] * len(failed), marker="x", color="grey", zorder=3)
+    trained = [c["loss"] for c in summary["cells"] if c["verdict"] == "trained" and c["loss"] is not None]
+    if trained:  # a failed cell has no loss worth a point: a grey x above every trained one, named
+        top = max(trained) + 0.08 * ((max(trained) - min(trained)) or 0.1)
+        for w in widths:
+            failed = [c["baseline"] for c in summary["cells"] if c["width"] == w and c["verdict"] != "trained"]
+            if failed:
+                ax.scatter([w], [top], marker="x", color="grey", zorder=3)
+                ax.annotate(", ".join(failed), (w, top), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                            color="grey")
     figs["ladder_loss"] = _finish(fig, ax, "validation loss (held-out seeds where run)",
-                                  "Loss vs width (grey x: a scheme that failed at that rung)")
+                                  "Loss vs width (grey x, named: schemes that failed at that rung)")
 
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()

@@ -88,8 +88,12 @@ class LitModel(pl.LightningModule):
         objective = loss
         if self.cfg.z_loss > 0:  # PaLM's z-loss keeps log Z of the output softmax near 0
             objective = loss + self.cfg.z_loss * torch.logsumexp(logits.float(), dim=-1).square().mean()
-        # The optimizer minimises the objective; the guard and the curves follow the task loss alone.
-        return {"loss": objective, "task_loss": loss.detach()}
+        # The optimizer minimises the objective; the guard and the curves follow the task loss alone (under
+        # data-parallel training, its mean over the ranks: the global batch's loss, the same on every rank).
+        task = loss.detach()
+        if self.trainer.world_size > 1:
+            task = self.trainer.strategy.reduce(task, reduce_op="mean")
+        return {"loss": objective, "task_loss": task}
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = self.global_step  # optimizer steps done, 1-based for this batch

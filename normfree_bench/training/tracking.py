@@ -62,6 +62,13 @@ def check_loggers(names: Sequence[str]) -> tuple[str, ...]:
     return chosen
 
 
+def check_tracked_config(loggers: Sequence[str], cfg: RunConfig) -> None:
+    """Loggers follow a trial in its own process; a data-parallel trial's ranks are other processes."""
+    if loggers and cfg.train.devices > 1:
+        raise UserError("--logger is not available with train.devices > 1 yet; log a single-device run, or leave "
+                        "out --logger")
+
+
 def trial_name(baseline: str, params: dict[str, Any]) -> str:
     """``<baseline>/lr=<lr>/seed=<seed>[/<axis>=<value>...]`` for a trial's grid point (axes sorted)."""
     axes = sorted((k, v) for k, v in params.items() if k not in ("lr", "seed"))

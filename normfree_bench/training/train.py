@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import statistics
 import time
 import warnings
@@ -25,7 +26,8 @@ from normfree_bench.errors import UserError
 from normfree_bench.models.factory import build_model
 from normfree_bench.training.guard import DivergenceGuard
 from normfree_bench.training.lit_module import LitModel
-from normfree_bench.training.tracking import TrialTracker
+from normfree_bench.training.parallel import TIMEOUT, check_parallel, shard_loader, train_ddp
+from normfree_bench.training.tracking import TrialTracker, check_tracked_config
 
 CURVE_FIELDS = ("step", "train_loss", "val_loss", "grad_norm", "val_perplexity", "val_accuracy")
 
@@ -97,6 +99,7 @@ def resolved_settings(cfg: RunConfig) -> dict[str, Any]:
     """What a run of ``cfg`` actually uses here: device, precision, torch threads and whether the training
     steps are compiled (recorded as run, not as requested)."""
     device = resolve_device(cfg.train.device)
+    check_parallel(cfg, device)
     return {"device": device, "precision": resolve_precision(cfg.train.precision, device),
             "threads": cfg.train.threads or torch.get_num_threads(),
             "compile": resolve_compile(cfg.train.compile, device)}
@@ -160,17 +163,27 @@ def merge_curve(module: LitModel) -> list[dict[str, float]]:
 
 
 def train_one(cfg: RunConfig, *, corpus: TaskData | None = None, callbacks: list[pl.Callback] | None = None,
-              progress_bar: bool = False, tracker: TrialTracker | None = None) -> RunResult:
+              progress_bar: bool = False, tracker: TrialTracker | None = None, rank: int | None = None) -> RunResult:
     """Train ``cfg.baseline`` once with ``cfg``; never raises for divergence (that is a result).
-    ``tracker`` (normfree_bench.training.tracking) feeds the trial's points to its loggers and closes them."""
+    ``tracker`` (normfree_bench.training.tracking) feeds the trial's points to its loggers and closes them.
+    With ``train.devices`` > 1 the trial runs over that many processes (normfree_bench.training.parallel), each
+    calling this function with its ``rank``."""
+    world = cfg.train.devices
+    if world > 1 and rank is None:
+        check_tracked_config(tracker.loggers if tracker else (), cfg)
+        return train_ddp(train_one, cfg, callbacks)
     t_start = time.perf_counter()
     quiet_lightning()
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
-    if cfg.train.threads > 0:
+    if world > 1 and device == "cpu":  # the ranks share the CPU threads
+        torch.set_num_threads(max(1, (cfg.train.threads or os.cpu_count() or 1) // world))
+    elif cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     data = corpus if corpus is not None else load_data(cfg)
     train_loader, val_loader = loaders(cfg, data)
+    if world > 1:
+        train_loader = shard_loader(train_loader, rank or 0, world)
 
     pl.seed_everything(cfg.train.seed, verbose=False)
     model = build_model(cfg.baseline, cfg.model, **cfg.baseline_hparams())
@@ -180,11 +193,17 @@ def train_one(cfg: RunConfig, *, corpus: TaskData | None = None, callbacks: list
     module = LitModel(model, cfg.train, guard, compile_model=compiling)
     timer = _EvalTimer()
     steps_timer = _StepTimer() if compiling else None  # step times only where there is a compile to separate
+    strategy: Any = "auto"
+    if world > 1:
+        from lightning.pytorch.strategies import DDPStrategy
+
+        strategy = DDPStrategy(process_group_backend="nccl" if device == "cuda" else "gloo", timeout=TIMEOUT)
     trainer = pl.Trainer(
-        accelerator="gpu" if device == "cuda" else "cpu", devices=1, precision=precision,
+        accelerator="gpu" if device == "cuda" else "cpu", devices=world, strategy=strategy,
+        use_distributed_sampler=False, precision=precision,
         max_steps=cfg.train.steps, val_check_interval=cfg.train.eval_interval, check_val_every_n_epoch=None,
         num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_model_summary=False,
-        enable_progress_bar=progress_bar, deterministic=device == "cpu",
+        enable_progress_bar=progress_bar and not rank, deterministic=device == "cpu",
         callbacks=[timer, *([steps_timer] if steps_timer else []), *([tracker] if tracker else []),
                    *(callbacks or [])],
     )
