@@ -101,7 +101,7 @@ def test_zoomed_grids_centre_on_the_previous_best_and_an_edge_widens_once(tmp_pa
 
     def run_rung(cfg, rung_dir: Path) -> list[dict]:
         """Rows as a sweep would report them: layernorm's best LR at the top of whatever grid it gets,
-        dyt never trains, rezero's best at its grid's centre."""
+        dyt trains only at width 64, at the bottom of its grid, rezero's best at its grid's centre."""
         calls.append((rung_dir.name, cfg))
         rows = []
         for name in cfg.sweep.baselines:
@@ -109,8 +109,8 @@ def test_zoomed_grids_centre_on_the_previous_best_and_an_edge_widens_once(tmp_pa
             if name == "layernorm":
                 rows.append({"baseline": name, "verdict": "trained", "best_lr": grid[-1], "best_val_loss": 2.0})
             elif name == "dyt":
-                rows.append({"baseline": name, "verdict": "failed: no learning", "best_lr": grid[0],
-                             "best_val_loss": 5.0})
+                rows.append({"baseline": name, "verdict": "trained" if cfg.model.d_model == 64 else
+                             "failed: no learning", "best_lr": grid[0], "best_val_loss": 5.0})
             else:
                 rows.append({"baseline": name, "verdict": "trained", "best_lr": grid[len(grid) // 2],
                              "best_val_loss": 2.5})
@@ -131,6 +131,10 @@ def test_zoomed_grids_centre_on_the_previous_best_and_an_edge_widens_once(tmp_pa
     # the rung's layernorm row is the widened run's, and the next rung centres on it
     assert [r["best_lr"] for r in rungs[1]["rows"] if r["baseline"] == "layernorm"] == [wide.lr_grid("layernorm")[-1]]
     assert calls[3][1].sweep.lr_grid("layernorm") == pytest.approx(zoomed_grid(wide.lr_grid("layernorm")[-1], 0.5, 3))
+    # a scheme that trains for the first time, at an edge of the suite's grid, is widened too
+    last = calls[4][1].sweep
+    assert last.baselines == ["dyt", "layernorm"] and rungs[2]["widened"] == {"layernorm": "high", "dyt": "low"}
+    assert last.lr_grid("dyt") == pytest.approx([1e-4, 1e-3, 1e-2, 1e-1])  # one step (a decade) below
 
 
 # ---- cross-rung figures ----------------------------------------------------------------------------

@@ -18,8 +18,9 @@ A ladder suite is an ordinary suite (the first rung's model, data, training, gua
   (``sweep.lrs_by_baseline``): ``ladder.zoom_points`` log-spaced LRs over +- ``ladder.zoom_half_width``
   decades around the scheme's best LR at the previous rung; a scheme that did not train there (no best LR
   worth centring on) gets the suite's grid again.
-- **Widening**: when a trained scheme's best LR lies at an edge of its zoomed grid, the grid is widened
-  once, by ``zoom_half_width`` decades on that side at the same spacing, and the scheme is swept again on
+- **Widening**: from the second rung on, when a trained scheme's best LR lies at an edge of its grid (zoomed,
+  or the suite's for a scheme that did not train at the previous rung), the grid is widened once, by
+  ``zoom_half_width`` decades (at least one step) on that side at the same spacing, and the scheme is swept again on
   the widened grid in a second ordinary run directory, ``<rung>-widened``; the rung's figures for that scheme
   are that run's. A best LR still at the edge stays censored (the leaderboard flags it).
 
@@ -201,20 +202,19 @@ def check_rungs(ladder: Ladder, count_params: Callable[[RunConfig], int]) -> lis
 def run_ladder(ladder: Ladder, out: Path, run_rung: Callable[[RunConfig, Path], Rows],
                count_params: Callable[[RunConfig], int], baselines: list[str]) -> list[dict[str, Any]]:
     """Every rung in order (``run_rung`` trains or resumes one run directory and returns its leaderboard rows),
-    widening a zoomed grid once where a scheme's best LR sits at its edge. Returns one dict per rung:
+    widening a later rung's grid once where a scheme's best LR sits at its edge. Returns one dict per rung:
     ``width``, ``config``, ``rows`` (one per scheme, after widening), ``dirs`` and ``widened`` (scheme -> edge)."""
     check_rungs(ladder, count_params)
     lad = ladder.ladder
     rungs: list[dict[str, Any]] = []
-    grids: dict[str, list[float]] = {}
-    zoomed: dict[str, list[float]] = {}  # the grids centred on a previous best LR (the others are the suite's)
+    grids: dict[str, list[float]] = {}  # each scheme's grid from the second rung on (the first sweeps the suite's)
     for i, width in enumerate(lad.widths):
         cfg = rung_config(ladder, i, grids, count_params)
         rows = run_rung(cfg, out / rung_name(width))
         dirs = [rung_name(width)]
-        edges = to_widen(rows, zoomed)
+        edges = to_widen(rows, grids)
         if edges:
-            wide = {name: widened_grid(zoomed[name], edge, lad.zoom_half_width) for name, edge in edges.items()}
+            wide = {name: widened_grid(grids[name], edge, lad.zoom_half_width) for name, edge in edges.items()}
             wide_cfg = replace(cfg, description=cfg.description + f" (widened: {', '.join(sorted(edges))})",
                                sweep=replace(cfg.sweep, baselines=sorted(edges), lrs_by_baseline=wide))
             wide_rows = run_rung(wide_cfg, out / rung_name(width, widened=True))
@@ -222,6 +222,5 @@ def run_ladder(ladder: Ladder, out: Path, run_rung: Callable[[RunConfig, Path], 
             dirs.append(rung_name(width, widened=True))
         rungs.append({"width": width, "config": cfg, "rows": rows, "dirs": dirs, "widened": edges})
         if i + 1 < len(lad.widths):
-            grids, names = next_grids(ladder, rows, baselines)
-            zoomed = {n: grids[n] for n in names}
+            grids, _ = next_grids(ladder, rows, baselines)
     return rungs
