@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -267,6 +268,23 @@ def test_a_ladder_logs_each_rungs_trials_under_its_run_directory(tmp_path: Path,
                         for p in (out / rung / "logs" / "csv").glob("*/*/*/metrics.csv"))
         expected = sorted(f"{name}/metrics.csv" for name in trials_by_name(out / rung))
         assert logged == expected, (rung, logged, expected)
+
+
+def test_mlflow_tracking_uri_names_the_store(tracked: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from normfree_bench.cli import main
+
+    store = f"sqlite:///{tracked['root'] / 'elsewhere.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    out = tracked["root"] / "train-uri"
+    assert main(["train", "--config", str(tracked["config"]), "--baseline", "dyt", "--lr", "0.003", "--out", str(out),
+                 "--no-progress", "--logger", "mlflow"]) == 0
+    assert not (out / "logs" / "mlflow.db").exists()
+    client = MlflowClient(store)
+    (run,) = client.search_runs([client.get_experiment_by_name("train-uri").experiment_id])
+    assert run.info.run_name == "dyt/lr=0.003/seed=0" and run.data.params["verdict"] in ("trained", "stalled")
+    assert os.environ["MLFLOW_TRACKING_URI"] == store  # left as the user set it
 
 
 # ---- the pieces ------------------------------------------------------------------------------------------
