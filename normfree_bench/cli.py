@@ -118,11 +118,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/train-{cfg.baseline}-{cfg.config_hash()}")
     _check_writable(out)
     check_train_dir(out, cfg)
-    tracker = None
-    if loggers:  # stalled as a sweep counts it: at or above the data's trivial loss less the trained margin
-        stall_at = trivial_loss(data) * (1 - cfg.sweep.trained_margin)
-        tracker = Tracking(loggers, out, out.name).tracker(cfg, {"lr": cfg.train.lr, "seed": cfg.train.seed},
-                                                           stall_at)
+    tracker = Tracking(loggers, out, out.name).tracker(cfg, trivial_loss(data)) if loggers else None
     result = train_one(cfg, corpus=data, progress_bar=not args.no_progress, tracker=tracker)
     write_train_output(out, cfg, result, resolved)
     status = f"DIVERGED at step {result.diverged_step} ({result.diverged_reason})" if result.diverged else "ok"

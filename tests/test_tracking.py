@@ -237,10 +237,10 @@ def test_a_trial_that_crashes_ends_its_mlflow_run_failed_and_a_nan_loss_is_diver
     cfg = load_run_config(tracked["config"], {"baseline": "dyt", "train": {"lr": 0.003}})
     tracking = Tracking(("mlflow", "csv"), tracked["root"] / "faults", "faults")
     tracking.prepare()
-    crashed = tracking.tracker(cfg, {"lr": 0.003, "seed": 0}, stall_at=10.0)
+    crashed = tracking.tracker(cfg, trivial=10.0, params={"lr": 0.003, "seed": 0})
     with pytest.raises(RuntimeError, match="injected fault at step 5"):
         train_one(cfg, callbacks=[FaultInjector("raise", step=5)], tracker=crashed)
-    nan = tracking.tracker(cfg, {"lr": 0.003, "seed": 1}, stall_at=10.0)
+    nan = tracking.tracker(cfg, trivial=10.0, params={"lr": 0.003, "seed": 1})
     result = train_one(cfg, callbacks=[FaultInjector("nan_loss", step=4)], tracker=nan)
     assert result.diverged
     client = MlflowClient(tracking.mlflow_uri())
@@ -262,7 +262,7 @@ def test_a_ladder_logs_each_rungs_trials_under_its_run_directory(tmp_path: Path,
                           "--set", "ladder.tokens_per_param=0.5"], capsys)
     assert rc == 0, err
     rungs = sorted(p.name for p in out.iterdir() if (p / "trials.csv").is_file())
-    assert rungs[:2] == ["d16", "d8"] or set(rungs) >= {"d8", "d16"}
+    assert {"d8", "d16"} <= set(rungs)
     for rung in ("d8", "d16"):
         logged = sorted(p.relative_to(out / rung / "logs" / "csv").as_posix()
                         for p in (out / rung / "logs" / "csv").glob("*/*/*/metrics.csv"))

@@ -132,10 +132,7 @@ class Objective:
         if self.on_start is not None:
             self.on_start(f"{self.baseline} lr={params['lr']:.2g} seed={params['seed']}")
         cfg = trial_config(self.cfg, self.baseline, params)
-        tracker = None
-        if self.tracking:  # a trial is stalled at the leaderboard's threshold: the run's trivial loss less its margin
-            stall_at = trial.study.user_attrs["trivial_loss"] * (1 - cfg.sweep.trained_margin)
-            tracker = self.tracking.tracker(cfg, params, stall_at)
+        tracker = self.tracking.tracker(cfg, trial.study.user_attrs["trivial_loss"], params) if self.tracking else None
         try:
             result = train_one(cfg, corpus=self.data, callbacks=self.callbacks, tracker=tracker)
         except Exception as exc:

@@ -21,7 +21,7 @@ import torch
 from timm.scheduler import CosineLRScheduler
 
 from normfree_bench.config import RunConfig
-from normfree_bench.data.task import TaskData, load_data, loaders
+from normfree_bench.data.task import TaskData, load_data, loaders, trivial_loss
 from normfree_bench.models.factory import build_model
 from normfree_bench.models.transformer import task_loss
 from normfree_bench.training.tracking import Tracking
@@ -58,10 +58,11 @@ def bare_loop(cfg: RunConfig, corpus: TaskData) -> float:
     return time.perf_counter() - t0
 
 
-def harness_trial(cfg: RunConfig, corpus: TaskData, tracking: Tracking | None = None) -> float:
-    """One `train_one` trial's wall seconds; with ``tracking``, its loggers' set-up, writes and closing count."""
+def harness_trial(cfg: RunConfig, corpus: TaskData, tracking: Tracking | None = None, trivial: float = 0.0) -> float:
+    """One `train_one` trial's wall seconds; with ``tracking`` (``trivial``: the data's trivial loss, for the
+    verdict), its loggers' set-up, writes and closing count."""
     t0 = time.perf_counter()
-    tracker = tracking.tracker(cfg, {"lr": cfg.train.lr, "seed": cfg.train.seed}, stall_at=0.0) if tracking else None
+    tracker = tracking.tracker(cfg, trivial) if tracking else None
     train_one(cfg, corpus=corpus, tracker=tracker)
     return time.perf_counter() - t0
 
@@ -74,10 +75,11 @@ def measure_overhead(cfg: RunConfig, repeats: int = 3, loggers: Sequence[str] = 
     corpus = load_data(cfg)
     with tempfile.TemporaryDirectory(prefix="nfb-overhead-") as folder:
         tracking = Tracking(tuple(loggers), Path(folder), "overhead") if loggers else None
-        harness_trial(cfg, corpus, tracking)  # warm-up: imports, allocator, first Trainer
+        trivial = trivial_loss(corpus) if loggers else 0.0
+        harness_trial(cfg, corpus, tracking, trivial)  # warm-up: imports, allocator, first Trainer
         pairs = []
         for _ in range(repeats):
-            pairs.append((harness_trial(cfg, corpus, tracking), bare_loop(cfg, corpus)))
+            pairs.append((harness_trial(cfg, corpus, tracking, trivial), bare_loop(cfg, corpus)))
     ratios = [h / b for h, b in pairs]
     return {"baseline": cfg.baseline, "steps": cfg.train.steps, "d_model": cfg.model.d_model,
             "n_layers": cfg.model.n_layers, "repeats": repeats,

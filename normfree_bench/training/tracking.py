@@ -1,7 +1,7 @@
 """Experiment tracking: each trial's curves, diagnostics, settings and verdict in CSV, TensorBoard or MLflow.
 
 Usage: ``normfree-bench run --suite smoke --logger tensorboard --logger mlflow``
-(in code: ``tracker = Tracking(("tensorboard",), run_dir, "nfb-1a2b").tracker(cfg, params, stall_at)``)
+(in code: ``tracker = Tracking(("tensorboard",), run_dir, "nfb-1a2b").tracker(cfg, trivial, params)``)
 
 Lightning's own loggers (`CSVLogger`, `TensorBoardLogger`, `MLFlowLogger`) do the writing; a callback feeds
 them the points the trial records anyway (`LitModel.train_points`, ``val_points``, ``diagnostics``), so a
@@ -150,9 +150,11 @@ class Tracking:
                 built.append(logger)
         return built
 
-    def tracker(self, cfg: RunConfig, params: dict[str, Any], stall_at: float) -> TrialTracker:
-        name = trial_name(cfg.baseline, params)
-        return TrialTracker(self.build(name), name, cfg, stall_at)
+    def tracker(self, cfg: RunConfig, trivial: float, params: dict[str, Any] | None = None) -> TrialTracker:
+        """The tracker of one trial: ``params`` its grid point (default: ``cfg``'s LR and seed); ``trivial`` the
+        data's trivial loss, whose ``1 - sweep.trained_margin`` share is the leaderboard's stall threshold."""
+        name = trial_name(cfg.baseline, params or {"lr": cfg.train.lr, "seed": cfg.train.seed})
+        return TrialTracker(self.build(name), name, cfg, trivial * (1 - cfg.sweep.trained_margin))
 
 
 class TrialTracker(pl.Callback):
