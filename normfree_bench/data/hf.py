@@ -37,6 +37,7 @@ from normfree_bench.data.text import (
     is_validation_file,
     open_split,
     sha256_file,
+    tmp_name,
 )
 from normfree_bench.errors import UserError
 from normfree_bench.io import write_json
@@ -88,8 +89,7 @@ def _check_field(ds: Any, field: str, corpus: str, split: str) -> None:
     if field not in ds.column_names:
         raise UserError(f"data.text_field {field!r} is not a column of {corpus!r} ({split}); valid: "
                         f"{', '.join(ds.column_names) or 'none: the dataset has no columns'}")
-    dtype = getattr(ds.features[field], "dtype", None)
-    if dtype not in ("string", "large_string"):
+    if field not in _string_columns(ds):
         raise UserError(f"data.text_field {field!r} of {corpus!r} ({split}) holds {ds.features[field]}, not "
                         f"text; valid: a string column ({', '.join(_string_columns(ds)) or 'there is none'})")
 
@@ -100,7 +100,7 @@ def _string_columns(ds: Any) -> list[str]:
 
 def _write_rows(path: Path, texts: Any) -> tuple[int, int]:
     """Atomically write the texts joined by the separator; returns (rows, rows holding text)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = tmp_name(path)
     count = with_text = 0
     with open(tmp, "wb") as out:
         for text in texts:

@@ -54,6 +54,7 @@ from torch.utils.data import IterableDataset
 
 from normfree_bench.config import DataConfig
 from normfree_bench.errors import UserError
+from normfree_bench.io import write_json
 
 VOCAB_SIZE = 256
 FILE_SEPARATOR = b"\n"
@@ -224,13 +225,13 @@ def _read(path: Path) -> bytes:
         raise UserError(f"cannot read corpus file {path}: {exc.strerror}") from exc
 
 
-def _tmp_name(path: Path) -> Path:
+def tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
 def _write_concat(path: Path, files: list[Path]) -> list[tuple[int, int]]:
     """Atomically write the files joined by `FILE_SEPARATOR`; return each file's byte span."""
-    tmp, spans, offset = _tmp_name(path), [], 0
+    tmp, spans, offset = tmp_name(path), [], 0
     with open(tmp, "wb") as out:
         for i, src in enumerate(files):
             if i:
@@ -246,7 +247,7 @@ def _write_concat(path: Path, files: list[Path]) -> list[tuple[int, int]]:
 
 def _copy_range(src: Path, dst: Path, start: int, stop: int) -> None:
     """Atomically write bytes ``[start, stop)`` of `src` to `dst`."""
-    tmp = _tmp_name(dst)
+    tmp = tmp_name(dst)
     with open(src, "rb") as f, open(tmp, "wb") as out:
         f.seek(start)
         left = stop - start
@@ -324,14 +325,8 @@ def _build(source: _Source, key: str, entry: Path, val_fraction: float) -> dict[
         "val": _split_meta(entry / "val.bin", val),
     }
     meta["sha256"] = fingerprint(meta["train"]["sha256"], meta["val"]["sha256"])
-    _write_json(entry / "meta.json", meta)
+    write_json(entry / "meta.json", meta)
     return meta
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = _tmp_name(path)
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
 
 
 def fingerprint(train_sha256: str, val_sha256: str) -> str:

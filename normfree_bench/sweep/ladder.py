@@ -163,20 +163,19 @@ def rung_config(ladder: Ladder, i: int, grids: dict[str, list[float]], count_par
     return replace(sized, train=train, guard=guard, sweep=sweep, description=description)
 
 
-def next_grids(ladder: Ladder, rows: Rows, baselines: list[str]) -> tuple[dict[str, list[float]], set[str]]:
-    """Each scheme's grid for the next rung, from this rung's final leaderboard rows (one per scheme), and the
-    schemes whose grid is zoomed (the others, which did not train, get the suite's grid)."""
+def next_grids(ladder: Ladder, rows: Rows, baselines: list[str]) -> dict[str, list[float]]:
+    """Each scheme's grid for the next rung, from this rung's final leaderboard rows (one per scheme): zoomed on
+    its best LR, or the suite's grid for a scheme that did not train."""
     lad = ladder.ladder
     by_name = {r["baseline"]: r for r in rows}
-    grids, zoomed = {}, set()
+    grids = {}
     for name in baselines:
         row = by_name.get(name)
         if row is not None and row.get("verdict") == "trained" and row.get("best_lr"):
             grids[name] = zoomed_grid(float(row["best_lr"]), lad.zoom_half_width, lad.zoom_points)
-            zoomed.add(name)
         else:
             grids[name] = ladder.base.sweep.lr_grid()
-    return grids, zoomed
+    return grids
 
 
 def to_widen(rows: Rows, grids: dict[str, list[float]]) -> dict[str, str]:
@@ -222,5 +221,5 @@ def run_ladder(ladder: Ladder, out: Path, run_rung: Callable[[RunConfig, Path], 
             dirs.append(rung_name(width, widened=True))
         rungs.append({"width": width, "config": cfg, "rows": rows, "dirs": dirs, "widened": edges})
         if i + 1 < len(lad.widths):
-            grids, _ = next_grids(ladder, rows, baselines)
+            grids = next_grids(ladder, rows, baselines)
     return rungs
