@@ -18,9 +18,11 @@ class MyNorm(Baseline):
     paper = "https://arxiv.org/abs/..."
     norm_free = False  # True if no LayerNorm/RMSNorm may remain
     hparams = {"eps": 1e-6}  # named hyperparameters a sweep may vary (self.hp["eps"])
+    placements = ("pre", "post", "res_post", "sandwich")  # model.placement values it supports; the first is its own
 
     def norm(self, dim: int, site: str, layer_idx: int, n_layers: int) -> nn.Module:
-        # site is "attn", "mlp" or "final" (for final, layer_idx == n_layers)
+        # site is "attn", "mlp" or "final" (for final, layer_idx == n_layers); under model.placement
+        # sandwich also "attn_out" and "mlp_out" (the norm on each branch's output)
         return nn.RMSNorm(dim, eps=self.hp["eps"])
 
     # Other hooks, with their defaults in normfree_bench.core.baseline.Baseline:

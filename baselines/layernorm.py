@@ -9,6 +9,10 @@ https://arxiv.org/abs/1607.06450. Every hook is the API default: gamma = 1, beta
 ``affine`` (the gain/bias study after Xu et al. 2019, AdaNorm, https://arxiv.org/abs/1911.07013): ``both``
 (default: ``elementwise_affine`` and, with ``model.bias``, the bias), ``gamma`` (the gain alone) or ``none``
 (``elementwise_affine=False``).
+
+``model.placement`` may move the LayerNorms (post: Vaswani et al. 2017's post-LN; res_post: Swin-V2's;
+sandwich: Sandwich-LN / Peri-LN, with a second LayerNorm on each branch's output); every site is the same
+LayerNorm wherever it sits.
 ``check_init``: every site is that LayerNorm, gamma = 1 and beta = 0, eps = 1e-5, on the batch's streams,
 with exactly the gain and bias ``affine`` asks for.
 """
@@ -18,6 +22,7 @@ from typing import Literal
 from torch import nn
 
 from normfree_bench import Baseline, register_baseline
+from normfree_bench.config import PLACEMENTS
 from normfree_bench.core.invariants import affine_problems, sites_normalize
 from normfree_bench.core.layers import affine_flags, make_norm
 
@@ -30,6 +35,7 @@ class LayerNorm(Baseline):
     description = "pre-LN Transformer: LayerNorm at the attention, MLP and final sites"
     paper = "https://arxiv.org/abs/2002.04745"
     hparams = {"affine": "both"}
+    placements = PLACEMENTS  # pre (its own), post, res_post, sandwich: model.placement
     hparam_types = {"affine": Literal["both", "gamma", "none"]}
 
     def norm(self, dim, site, layer_idx, n_layers):

@@ -110,7 +110,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     loggers = check_loggers(args.logger)
     cfg = load_run_config(args.config, overrides_of(args))
     check_tracked_config(loggers, cfg)
-    get_baseline(cfg.baseline)
+    get_baseline(cfg.baseline).check_placement(cfg.model.placement)
     check_hparams_section(cfg.hparams)
     resolved = resolved_settings(cfg)
     data = load_data(cfg)

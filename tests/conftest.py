@@ -138,6 +138,21 @@ def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
             for p in sorted(root.rglob("*"))}
 
 
+# Config keys added after runs were recorded, with the defaults that the config hash leaves out
+# (normfree_bench.config.schema._hashed), so that old run directories keep their hash and resume.
+LATER_KEYS = {("model", "norm_impl"): "eager", ("model", "placement"): None, ("model", "input_scale"): 1.0,
+              ("sweep", "lrs_by_baseline"): {}, ("train", "compile"): None, ("train", "devices"): 1,
+              ("train", "strategy"): "auto", ("data", "vocab_size"): None, ("data", "tokenizer"): "bytes",
+              ("data", "text_field"): None}
+
+
+def without_later_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """A default config's dict as recorded before the later keys existed; each must be at its default."""
+    for (section, key), default in LATER_KEYS.items():
+        assert data[section].pop(key) == default, f"{section}.{key}"
+    return data
+
+
 def cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     capsys.readouterr()
     try:

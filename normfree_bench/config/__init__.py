@@ -8,6 +8,7 @@ from normfree_bench.config.schema import (
     MAX_TOKEN_VOCAB,
     MODEL_PRESETS,
     NORM_IMPLS,
+    PLACEMENTS,
     DataConfig,
     GuardConfig,
     ModelConfig,
@@ -20,7 +21,7 @@ from normfree_bench.config.schema import (
 )
 
 __all__ = [
-    "MAX_TOKEN_VOCAB", "MODEL_PRESETS", "NORM_IMPLS", "DataConfig", "GuardConfig", "ModelConfig", "RunConfig",
-    "SweepConfig", "TrainConfig", "build_dataclass", "coerce", "config_hash", "load_run_config", "merge",
+    "MAX_TOKEN_VOCAB", "MODEL_PRESETS", "NORM_IMPLS", "PLACEMENTS", "DataConfig", "GuardConfig", "ModelConfig",
+    "RunConfig", "SweepConfig", "TrainConfig", "build_dataclass", "coerce", "config_hash", "load_run_config", "merge",
     "parse_set", "read_yaml", "tokenizer_spec", "unknown_choice",
 ]

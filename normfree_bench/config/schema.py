@@ -30,6 +30,9 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
 # How the norm layers run (normfree_bench.core.norm_impl): the eager modules, torch.compile'd, or fused autograd
 # Functions (Triton kernels on CUDA). The same parameters and, within rounding, the same function.
 NORM_IMPLS = ("eager", "compiled", "fused")
+# Where each block's norm sits (model.placement; README "Norm placement"): pre x + F(N(x)), post N(x + F(x)),
+# res_post x + N(F(x)) (Swin-V2), sandwich x + N_out(F(N_in(x))) (Sandwich-LN, Peri-LN).
+PLACEMENTS = ("pre", "post", "res_post", "sandwich")
 SEED_MAX = 2**32 - 1  # Lightning's seed_everything bound (numpy's too)
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "bf16-true", "16-mixed", "64-true")
 STRATEGIES = ("auto", "ddp")
@@ -65,6 +68,12 @@ class ModelConfig:
     backbone: str = "native"
     # How the norm sites run: eager, compiled or fused (NORM_IMPLS; README "Speed"). Not a scheme choice.
     norm_impl: Literal["eager", "compiled", "fused"] = "eager"
+    # Where each block's norms sit (PLACEMENTS); None: the baseline's own (Baseline.placements[0], pre for
+    # all but the post-LN schemes). A baseline declares the placements it supports.
+    placement: Literal["pre", "post", "res_post", "sandwich"] | None = None
+    # A fixed factor c on the model's input: the pixels (ViT) or the token embedding's output (LM); the
+    # "dataset rescaling" of ``analyze --invariance`` retrains with c != 1.
+    input_scale: float = 1.0
     # ViT head only (task: vit).
     image_size: int = 8
     patch_size: int = 2
@@ -83,7 +92,15 @@ class ModelConfig:
             raise UserError("model.positions 'rope' needs an even head size (d_model / n_heads)")
         if self.norm_impl not in NORM_IMPLS:
             raise UserError(unknown_choice(self.norm_impl, NORM_IMPLS, "model.norm_impl"))
-        check_finite("model", ("mlp_ratio", self.mlp_ratio))
+        check_finite("model", ("mlp_ratio", self.mlp_ratio), ("input_scale", self.input_scale))
+        if self.placement is not None and self.placement not in PLACEMENTS:
+            raise UserError(unknown_choice(self.placement, PLACEMENTS, "model.placement"))
+        if self.input_scale <= 0:
+            raise UserError(f"model.input_scale must be > 0, got {self.input_scale:g}; valid: a positive factor "
+                            "such as 0.1 or 10")
+        if self.placement is not None and self.backbone != "native":
+            raise UserError(f"model.placement applies to the native Transformer; model.backbone {self.backbone} keeps "
+                            "timm's pre-norm blocks (leave model.placement out)")
         if self.hidden_dim < 1:
             raise UserError(f"model.mlp_ratio ({self.mlp_ratio:g}) x d_model ({self.d_model}) leaves an MLP of width "
                             f"{self.hidden_dim}; valid: mlp_ratio >= {1 / self.d_model:.3g}")
@@ -364,12 +381,14 @@ class RunConfig:
 
 
 def _hashed(data: dict[str, Any]) -> dict[str, Any]:
-    """The config as hashed: ``model.norm_impl`` left out when it is the default ``eager``,
+    """The config as hashed: ``model.norm_impl``, ``model.placement`` and ``model.input_scale`` left out when
+    they are the defaults (eager, None, 1.0),
     ``sweep.lrs_by_baseline`` when it is empty, and ``train.compile``, ``train.devices``, ``train.strategy``,
     ``data.vocab_size``, ``data.tokenizer`` and ``data.text_field`` when they are the default, so that run
     directories recorded before those keys existed keep their hash."""
-    if data.get("model", {}).get("norm_impl") == "eager":
-        data = {**data, "model": {k: v for k, v in data["model"].items() if k != "norm_impl"}}
+    if "model" in data:
+        defaults = {"norm_impl": "eager", "placement": None, "input_scale": 1.0}
+        data = {**data, "model": {k: v for k, v in data["model"].items() if k not in defaults or v != defaults[k]}}
     if "sweep" in data and not data["sweep"].get("lrs_by_baseline", True):
         data = {**data, "sweep": {k: v for k, v in data["sweep"].items() if k != "lrs_by_baseline"}}
     if "data" in data:

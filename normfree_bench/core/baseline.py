@@ -118,6 +118,9 @@ class Baseline:
     # True: the embedding scale multiplies the token embedding plus the learned positions (DyT/Derf's
     # GPT-2 code); False: the token embedding only, the positions added after it (fairseq, ReZero's tutorial).
     scale_positions: ClassVar[bool] = True
+    # The block placements (model.placement: pre, post, res_post, sandwich) this scheme's norms may take;
+    # the first is its own, used when model.placement is unset. A scheme without norms to place keeps pre.
+    placements: ClassVar[tuple[str, ...]] = ("pre",)
 
     def __init__(self, config: ModelConfig, **hparams: Any) -> None:
         self.config = config
@@ -144,9 +147,22 @@ class Baseline:
             raise UserError(f"unknown hyperparameter '{unknown[0]}' for baseline '{cls.name}'; valid: {valid}")
         return {k: coerce(v, cls.hparam_type(k), f"hparams.{cls.name}.{k}") for k, v in values.items()}
 
+    @classmethod
+    def check_placement(cls, placement: str | None) -> str:
+        """The placement a model of this scheme takes under ``model.placement: placement`` (None: the
+        scheme's own); one it does not support is a one-line `UserError` naming the valid ones."""
+        if placement is None:
+            return cls.placements[0]
+        if placement not in cls.placements:
+            raise UserError(f"baseline '{cls.name}' does not support model.placement '{placement}'; valid for it: "
+                            + ", ".join(cls.placements))
+        return placement
+
     # ---- construction hooks, called by the model while it is built ---------------------------
     def norm(self, dim: int, site: str, layer_idx: int, n_layers: int) -> nn.Module:
-        """The module at norm site ``site`` (attn, mlp or final; final has layer_idx == n_layers)."""
+        """The module at norm site ``site``: ``attn`` or ``mlp`` (the branch's norm, wherever ``model.placement``
+        puts it), ``attn_out`` or ``mlp_out`` (the second norm of ``sandwich``, on the branch's output), or
+        ``final`` (before the head; layer_idx == n_layers; absent under ``post``)."""
         return make_norm("layernorm", dim, bias=self.config.bias)
 
     def residual(self, dim: int, branch: str, layer_idx: int, n_layers: int) -> Residual:

@@ -26,6 +26,11 @@ leaves alone keeps PyTorch's construction-time default.
 - `lecun` (Haiku's default, which DeepMind's SkipInit and NF-ResNet code build with): every Linear and
   Conv2d weight truncated normal with std 1/sqrt(fan_in) (cut at +-2 std), biases 0; the token embedding
   truncated N(0, 1) (``hk.Embed``'s default); positions N(0, 0.02).
+- `fairseq` (fairseq's Transformer, which DeepNet's ``microsoft/torchscale`` and Admin's
+  ``LiyuanLucasLiu/Transformer-Clinic`` build on): Xavier-uniform on every Linear weight of the blocks (the
+  fused q/k/v matrix as one, as fairseq's ``in_proj_weight``), biases 0; the token embedding, learned
+  positions and the untied LM head N(0, d^-1/2) (``Embedding``, ``LearnedPositionalEmbedding``,
+  ``output_projection``), the head's bias 0. ViT: `timm` (fairseq has no vision model).
 """
 
 from __future__ import annotations
@@ -114,5 +119,23 @@ def init_lecun(model: ModelView) -> None:
         trunc_normal_(param, std=INIT_STD)
 
 
+def init_fairseq(model: ModelView) -> None:
+    """fairseq's Transformer: Xavier-uniform Linear weights, zero biases, N(0, d^-1/2) embeddings and head."""
+    if model.config.task == "vit":
+        init_timm(model)
+        return
+    std = model.config.d_model ** -0.5
+    for module in _weights(model, (nn.Linear,)):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    for module in _weights(model, (nn.Embedding,)):
+        nn.init.normal_(module.weight, std=std)
+    nn.init.normal_(model.head.weight, std=std)
+    for param in _positions(model):
+        nn.init.normal_(param, std=std)
+
+
 NETWORK_INITS: dict[str, Callable[[ModelView], None]] = {
-    "gpt2": init_gpt2, "llama": init_llama, "timm": init_timm, "xavier": init_xavier, "lecun": init_lecun}
+    "gpt2": init_gpt2, "llama": init_llama, "timm": init_timm, "xavier": init_xavier, "lecun": init_lecun,
+    "fairseq": init_fairseq}

@@ -11,7 +11,7 @@ from torch import nn
 from normfree_bench.core.fused import fused_pointwise
 
 Site = str  # one of SITES
-SITES: tuple[Site, ...] = ("attn", "mlp", "final")
+SITES: tuple[Site, ...] = ("attn", "mlp", "final", "attn_out", "mlp_out")  # the last two: sandwich placement only
 BRANCHES: tuple[Site, ...] = ("attn", "mlp")
 
 
@@ -38,6 +38,24 @@ class GatedResidual(Residual):
 
     def combine(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return x + self.gain * y
+
+    def extra_repr(self) -> str:
+        return f"shape={tuple(self.gain.shape)}, learnable={isinstance(self.gain, nn.Parameter)}"
+
+
+class SkipScaledResidual(Residual):
+    """``gain * x + y``: the skip, not the branch, is scaled (DeepNet's ``x * alpha + F(x)``, Admin's
+    ``omega * x + F(x)``). A Parameter gain is learnable, a plain tensor a fixed buffer; shape (1,) or (C,)."""
+
+    def __init__(self, gain: torch.Tensor) -> None:
+        super().__init__()
+        if isinstance(gain, nn.Parameter):
+            self.gain = gain
+        else:
+            self.register_buffer("gain", gain)
+
+    def combine(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.gain * x + y
 
     def extra_repr(self) -> str:
         return f"shape={tuple(self.gain.shape)}, learnable={isinstance(self.gain, nn.Parameter)}"

@@ -36,7 +36,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from normfree_bench.config import ModelConfig
+from normfree_bench.config import PLACEMENTS, ModelConfig
 from normfree_bench.core.baseline import Baseline, ModelView
 from normfree_bench.core.invariants import affine_problems
 from normfree_bench.core.layers import PointwiseNorm, Scale, affine_flags, make_norm
@@ -90,6 +90,10 @@ class PointwiseBaseline(Baseline):
     """DyT's recipe with the point-wise function ``function`` and an optional learnable shift."""
 
     norm_free = True
+    # model.placement: a point-wise layer takes any site a norm can (the DyT paper places it pre-norm only; the
+    # other placements put the same layer where that placement puts LayerNorm, alpha_0 "attn" at the attention
+    # branch's site and "other" elsewhere, sandwich's output sites included).
+    placements: ClassVar[tuple[str, ...]] = PLACEMENTS
     function: ClassVar[Callable[[], nn.Module]] = nn.Tanh
     shift: ClassVar[bool] = False  # a learnable scalar s inside f, init 0 (Derf)
     hparams: ClassVar[dict[str, Any]] = {
@@ -102,7 +106,8 @@ class PointwiseBaseline(Baseline):
     }
     hparam_types: ClassVar[dict[str, Any]] = {
         "alpha_init": float | None, "alpha_init_attn": float | None, "alpha_init_other": float | None,
-        "sites_with_layernorm": list[Literal["attn", "mlp", "final"]], "affine": Literal["both", "gamma", "none"],
+        "sites_with_layernorm": list[Literal["attn", "mlp", "final", "attn_out", "mlp_out"]],
+        "affine": Literal["both", "gamma", "none"],
     }
 
     def __init__(self, config: ModelConfig, **hparams: Any) -> None:

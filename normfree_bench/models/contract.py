@@ -175,9 +175,8 @@ def init_state(name: str, config: ModelConfig, init: str, ids: torch.Tensor | No
     x = model.embed(ids[:, :-1])
     streams, branches = [float(x.std())], []
     for block in model.blocks:  # the block's forward, one branch at a time
-        for norm, res, branch in ((block.norm_attn, block.res_attn, block.attn), (block.norm_mlp, block.res_mlp,
-                                                                                   block.mlp)):
-            y = res.combine(x, branch(res.branch_input(norm(x))))
+        for branch in ("attn", "mlp"):
+            y = block.sublayer(x, branch)
             branches.append(float((y - x).std()))
             x = y
         streams.append(float(x.std()))

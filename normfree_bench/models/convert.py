@@ -193,10 +193,15 @@ class TimmView(nn.Module):
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Images to the stream the first block sees (patches, tokens, positions, ``norm_pre``)."""
         m = self.model
-        return m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(images))))
+        return m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(self.scaled(images)))))
+
+    def scaled(self, images: torch.Tensor) -> torch.Tensor:
+        """The pixels times ``model.input_scale`` (the data rescaling of ``analyze --invariance``)."""
+        c = self.config.input_scale
+        return images * c if c != 1 else images
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images)
+        return self.model(self.scaled(images))
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -338,6 +343,9 @@ class _Conversion:
             cls = baseline
         else:
             raise UserError(f"baseline must be a registered name or a Baseline subclass, got {baseline!r}")
+        if "pre" not in cls.placements:
+            raise UserError(f"baseline '{cls.name}' places its norms {cls.placements[0]}, and a timm ViT's blocks are "
+                            "pre-norm; valid: a baseline with the pre placement, or model.backbone: native")
         return cls(self.config, **hparams)
 
     # ---- the plan: every new module, built before anything changes ---------------------------

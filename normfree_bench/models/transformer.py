@@ -12,10 +12,19 @@ Two heads share the same blocks: a causal byte-level LM (``task: lm``) and a ViT
 - the MLP activation and the embedding scale,
 
 and the baseline initialises the finished model (``Baseline.init_``). ``model.norm_impl`` then decides how
-the norm sites run (eager, compiled or fused: normfree_bench.core.norm_impl). Block::
+the norm sites run (eager, compiled or fused: normfree_bench.core.norm_impl). Each branch F (attention, then
+the MLP) with its norm N and residual R (``R(x, y)`` = ``res.combine(x, y)``, F's input passing
+``res.branch_input``) sits as ``model.placement`` says, a block-level choice the baseline's norms plug into:
 
-    x = res_attn.combine(x, attn(res_attn.branch_input(norm_attn(x))))
-    x = res_mlp.combine(x, mlp(res_mlp.branch_input(norm_mlp(x))))
+- ``pre`` (GPT-2, the default of most schemes): ``R(x, F(N(x)))``, and a final site before the head;
+- ``post`` (Vaswani et al. 2017, https://arxiv.org/abs/1706.03762; DeepNet, Admin): ``N(R(x, F(x)))``, and
+  no final site, the last block's output being normalised already (as the paper and fairseq's post-LN
+  decoder, which adds no final LayerNorm when ``normalize_before`` is off);
+- ``res_post`` (Swin-V2, Liu et al. 2022, https://arxiv.org/abs/2111.09883): ``R(x, N(F(x)))``, with
+  Swin-V2's final norm before the head;
+- ``sandwich`` (Sandwich-LN, Ding et al. 2021, https://arxiv.org/abs/2105.13290; Peri-LN, Kim et al. 2025,
+  https://arxiv.org/abs/2502.02732): ``R(x, N_out(F(N_in(x))))``, the second norm being site
+  ``attn_out``/``mlp_out``, with the final site.
 """
 
 from __future__ import annotations
@@ -104,27 +113,48 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    """One pre-norm block; its norms and residual combines are the baseline's."""
+    """One block; its norms, their placement and its residual combines are the baseline's."""
 
     def __init__(self, config: ModelConfig, baseline: Baseline, layer_idx: int, causal: bool) -> None:
         super().__init__()
         d, n = config.d_model, config.n_layers
         self.layer_idx = layer_idx
+        self.placement = baseline.check_placement(config.placement)
+        sandwich = self.placement == "sandwich"
         self.norm_attn = baseline.norm(d, "attn", layer_idx, n)
+        self.norm_attn_out = baseline.norm(d, "attn_out", layer_idx, n) if sandwich else None
         self.res_attn = baseline.residual(d, "attn", layer_idx, n)
         self.attn = Attention(config, causal, baseline.qk_norm(config.head_dim, "q", layer_idx, n),
                               baseline.qk_norm(config.head_dim, "k", layer_idx, n))
         self.norm_mlp = baseline.norm(d, "mlp", layer_idx, n)
+        self.norm_mlp_out = baseline.norm(d, "mlp_out", layer_idx, n) if sandwich else None
         self.res_mlp = baseline.residual(d, "mlp", layer_idx, n)
         if config.mlp == "swiglu":
             self.mlp: nn.Module = SwiGLU(d, config.hidden_dim, act_layer=baseline.activation, bias=config.bias)
         else:
             self.mlp = Mlp(d, config.hidden_dim, act_layer=baseline.activation, bias=config.bias)
 
+    def norm_sites(self) -> Iterator[tuple[str, str, nn.Module]]:
+        """This block's norm sites as (site, attribute name, module), in forward order."""
+        for branch in ("attn", "mlp"):
+            yield branch, f"norm_{branch}", getattr(self, f"norm_{branch}")
+            out = getattr(self, f"norm_{branch}_out")
+            if out is not None:
+                yield f"{branch}_out", f"norm_{branch}_out", out
+
+    def sublayer(self, x: torch.Tensor, branch: str) -> torch.Tensor:
+        """The stream after branch ``branch`` (attn or mlp), its norm placed as ``self.placement`` says."""
+        norm, res, f = getattr(self, f"norm_{branch}"), getattr(self, f"res_{branch}"), getattr(self, branch)
+        if self.placement == "post":
+            return norm(res.combine(x, f(res.branch_input(x))))
+        if self.placement == "res_post":
+            return res.combine(x, norm(f(res.branch_input(x))))
+        y = f(res.branch_input(norm(x)))
+        out = getattr(self, f"norm_{branch}_out")
+        return res.combine(x, y if out is None else out(y))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.res_attn.combine(x, self.attn(self.res_attn.branch_input(self.norm_attn(x))))
-        x = self.res_mlp.combine(x, self.mlp(self.res_mlp.branch_input(self.norm_mlp(x))))
-        return x
+        return self.sublayer(self.sublayer(x, "attn"), "mlp")
 
 
 class Transformer(nn.Module):
@@ -145,7 +175,9 @@ class Transformer(nn.Module):
         self.embed_scale = baseline.embedding_scale(d)
         causal = config.task == "lm"
         self.blocks = nn.ModuleList(Block(config, baseline, i, causal) for i in range(config.n_layers))
-        self.norm_final = baseline.norm(d, "final", config.n_layers, config.n_layers)
+        post = baseline.check_placement(config.placement) == "post"  # post-LN: the last block ends in a norm
+        self.norm_final = nn.Identity() if post else baseline.norm(d, "final", config.n_layers, config.n_layers)
+        self.has_final_site = not post
         self.head = nn.Linear(d, out_dim, bias=config.task == "vit")
         self.reset_parameters()
         apply_norm_impl(self, config.norm_impl)  # eager, compiled or fused norm sites (model.norm_impl)
@@ -159,11 +191,13 @@ class Transformer(nn.Module):
         return block_branch_linears(self.blocks)
 
     def norm_sites(self) -> Iterator[NormSite]:
-        """Every norm site as (layer_idx, site, qualified name, module); ``final`` has layer n_layers."""
+        """Every norm site as (layer_idx, site, qualified name, module), in forward order; ``final`` has layer
+        n_layers (none under ``post``), sandwich's second norms are sites ``attn_out`` and ``mlp_out``."""
         for block in self.blocks:
-            yield block.layer_idx, "attn", f"blocks.{block.layer_idx}.norm_attn", block.norm_attn
-            yield block.layer_idx, "mlp", f"blocks.{block.layer_idx}.norm_mlp", block.norm_mlp
-        yield self.config.n_layers, "final", "norm_final", self.norm_final
+            for site, attr, module in block.norm_sites():
+                yield block.layer_idx, site, f"blocks.{block.layer_idx}.{attr}", module
+        if self.has_final_site:
+            yield self.config.n_layers, "final", "norm_final", self.norm_final
 
     def residual_sites(self) -> Iterator[ResidualSite]:
         """Every residual combine as (layer_idx, branch, qualified name, residual)."""
@@ -185,8 +219,15 @@ class Transformer(nn.Module):
         self.baseline.init_(self)
 
     def embed(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Token ids (B, T) or images (B, C, H, W) to the residual stream (B, T, d)."""
-        x = self.patch_embed(inputs) if self.config.task == "vit" else self.tok_emb(inputs)
+        """Token ids (B, T) or images (B, C, H, W) to the residual stream (B, T, d); ``model.input_scale`` c
+        multiplies the pixels (ViT) or the token embedding's output (LM), the data rescaling of
+        ``analyze --invariance``."""
+        c = self.config.input_scale
+        if self.config.task == "vit":
+            x = self.patch_embed(inputs * c if c != 1 else inputs)
+        else:
+            x = self.tok_emb(inputs)
+            x = x * c if c != 1 else x
         if self.pos_emb is None:
             return self.embed_scale(x)
         pos = self.pos_emb[:, : x.shape[1]]

@@ -114,6 +114,7 @@ def grid_configs(cfg: RunConfig, baselines: list[str]) -> list[tuple[str, RunCon
             try:
                 point_cfg = trial_config(cfg, baseline, {"lr": cfg.sweep.lr_grid(baseline)[0], "seed": 0, **point})
                 get_baseline(baseline).check_hparams(point_cfg.baseline_hparams(baseline))
+                get_baseline(baseline).check_placement(point_cfg.model.placement)
             except UserError as exc:
                 where = ", ".join(f"{k}={v!r}" for k, v in point.items()) or "the shared config"
                 raise UserError(f"{baseline} at {where}: {exc}") from exc
