@@ -336,13 +336,15 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_analyze(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     analysis = analyze_run(run_dir, scope=args.trials, low_precision=not args.no_low_precision,
-                           storage_url=args.storage, progress=not args.no_progress, invariance=args.invariance)
+                           storage_url=args.storage, progress=not args.no_progress, invariance=args.invariance,
+                           scales=args.scales)
     rows = [csv_row(e) for e in analysis["trials"]]
     keys = ["baseline", "lr", "val_loss", "reproduced", "n_outlier_dims", "max_kurtosis",
             "ptq_int8_w_act_tensor_delta", "ptq_int8_w_act_token_delta", "ptq_fp8_e4m3_delta",
             "bf16-mixed_delta", "bf16-true_delta", "alpha_inv_std_r"]
     if args.invariance:
-        keys += ["invariance_weights_rel_change_c10", "invariance_input_rel_change_c10"]
+        keys += ["invariance_weights_rel_change_c10", "invariance_input_rel_change_c10",
+                 "invariance_retrained_delta_c10"]
     print(tabulate([[r.get(k) for k in keys] for r in rows], headers=keys, tablefmt="github", floatfmt=".4g"))
     print(f"\nanalysis.json, analysis.csv and plots/analysis_*.png in {run_dir}/")
     return 0
@@ -525,7 +527,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="each baseline's best trial (default) or every completed trial")
     p.add_argument("--no-low-precision", action="store_true", help="skip the bf16 retraining of the best trials")
     p.add_argument("--invariance", action="store_true", help="also the output's change when the weights feeding "
-                   "the norm sites, or the input, are multiplied by c in 0.1, 0.5, 2, 10 (at init and trained)")
+                   "the norm sites, or the input, are multiplied by c (at init and trained), and the best trials "
+                   "retrained with their data rescaled by c")
+    p.add_argument("--scales", metavar="C,C,...", help="the factors c of --invariance, each > 0 (default 0.1,0.5,2,10)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--storage", help="the storage URL, when the run's has a password (not stored)")
     p.set_defaults(func=cmd_analyze)

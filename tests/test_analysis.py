@@ -227,6 +227,15 @@ def test_analyze_writes_every_measurement(analyzed: tuple[Path, subprocess.Compl
     row = next(r for r in csv.DictReader(open(run_dir / "analysis.csv", newline="")) if r["baseline"] == "dyt")
     assert float(row["invariance_weights_rel_change_c10"]) == pytest.approx(
         by_name["dyt"]["trained"]["weights"]["10"]["rel_change"])
+    # dataset rescaling, trained: every best trial retrained from scratch at each c, against its own loss
+    for entry in analysis["trials"]:
+        retrained = entry["invariance"]["retrained"]
+        assert set(retrained) == {"0.1", "0.5", "2", "10"}
+        for run in retrained.values():
+            assert run["delta"] == pytest.approx(run["val_loss"] - entry["retrained_val_loss"])
+        assert len({run["val_loss"] for run in retrained.values()}) > 1  # the rescaling changed the training
+        assert (run_dir / "plots" / f"analysis_invariance_{entry['baseline']}.png").read_bytes()[:8] == PNG_MAGIC
+    assert float(row["invariance_retrained_delta_c10"]) == pytest.approx(by_name["dyt"]["retrained"]["10"]["delta"])
 
 
 def test_report_of_the_analyzed_run(analyzed: tuple[Path, subprocess.CompletedProcess], tmp_path: Path) -> None:
@@ -237,6 +246,6 @@ def test_report_of_the_analyzed_run(analyzed: tuple[Path, subprocess.CompletedPr
     html = (run_dir / "report.html").read_text()
     n_png = len(list((run_dir / "plots").glob("*.png")))
     assert html.count('src="data:image/png;base64,') == n_png
-    for text in ("alpha", "quantization", "bf16", "provenance", "Rescaling invariance"):
+    for text in ("alpha", "quantization", "bf16", "provenance", "Rescaling invariance", "Dataset rescaling, trained"):
         assert text.lower() in html.lower()
     assert rendered_images(html, tmp_path) == f"ok {n_png}/{n_png}"  # skips where Chromium is missing

@@ -100,3 +100,71 @@ def test_the_vits_input_rescaling_is_a_pixel_rescaling() -> None:
         with rescaled(input_params(model), 2.0):
             got = model(images)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+# ---- model.input_scale: the data rescaling that analyze --invariance retrains with -------------------------------
+def test_input_scale_rescales_the_lms_embedded_tokens_as_the_input_rescaling_does() -> None:
+    import dataclasses
+
+    x, _ = batch()
+    for c in (0.1, 10.0):
+        torch.manual_seed(0)
+        scaled = build_model("dyt", dataclasses.replace(CONFIG, input_scale=c)).eval()
+        model = lm("dyt")
+        with torch.no_grad():
+            want_stream = model.tok_emb(x) * c + model.pos_emb[:, :16]
+            torch.testing.assert_close(scaled.embed(x), model.embed_scale(want_stream), rtol=0, atol=0)
+            with rescaled(input_params(model), c):
+                torch.testing.assert_close(scaled(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_input_scale_multiplies_the_vits_pixels() -> None:
+    import dataclasses
+
+    config = ModelConfig(task="vit", d_model=32, n_layers=2, n_heads=4, image_size=8, patch_size=4, in_chans=1,
+                         num_classes=10)
+    images = torch.rand(3, 1, 8, 8)
+    torch.manual_seed(0)
+    model = build_model("layernorm", config).eval()
+    torch.manual_seed(0)
+    scaled = build_model("layernorm", dataclasses.replace(config, input_scale=0.5)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(scaled(images), model(0.5 * images), rtol=0, atol=0)
+
+
+def test_a_retrained_rescaled_run_is_train_one_with_input_scale(tmp_path) -> None:
+    import dataclasses
+
+    from normfree_bench.analysis.analyze import rescaled_data_runs
+    from normfree_bench.config import load_run_config, parse_set
+    from normfree_bench.training.train import train_one
+
+    cfg = load_run_config(overrides=parse_set([
+        "baseline=layernorm", "model.d_model=32", "model.n_layers=1", "model.context_length=32", "data.batch_size=4",
+        "data.val_windows=4", "train.steps=8", "train.warmup_steps=1", "train.eval_interval=4", "train.threads=1"]))
+    runs = rescaled_data_runs(cfg, None, 1.5, (10.0,))
+    direct = train_one(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, input_scale=10.0),
+                                           train=dataclasses.replace(cfg.train, diagnostics=False)))
+    assert runs["10"]["val_loss"] == direct.final_val_loss and runs["10"]["delta"] == direct.final_val_loss - 1.5
+    assert direct.final_val_loss != train_one(cfg).final_val_loss
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--invariance", "--scales", "0.1,0"], "invalid rescaling factor c = 0 in --scales; valid: positive finite"),
+    (["--invariance", "--scales", "-2"], "invalid rescaling factor c = -2 in --scales"),
+    (["--invariance", "--scales", "0.5,big"], "invalid rescaling factor 'big' in --scales"),
+    (["--invariance", "--scales", "inf"], "invalid rescaling factor c = inf"),
+    (["--invariance", "--scales", "2,2"], "--scales gives c = 2 twice"),
+    (["--scales", "2"], "--scales applies to --invariance"),
+])
+def test_bad_scales_exit_2_with_one_line_before_any_work(smoke_dir, tmp_path, capsys, argv, expected) -> None:
+    import shutil
+
+    from tests.conftest import cli, snapshot
+
+    run_dir = tmp_path / "smoke"
+    shutil.copytree(smoke_dir, run_dir)
+    before = snapshot(run_dir)
+    code, _, err = cli(["analyze", str(run_dir), "--no-progress", *argv], capsys)
+    assert code == 2 and expected in err and err.count("\n") == 1, err
+    assert snapshot(run_dir) == before

@@ -17,6 +17,7 @@ from normfree_bench import ModelConfig, build_model, get_baseline, list_baseline
 from normfree_bench.config import PLACEMENTS, RunConfig, load_run_config, parse_set
 from normfree_bench.core.layers import PointwiseNorm
 from normfree_bench.errors import UserError
+from normfree_bench.tables.render import STUDY_TITLE, study_grid
 from normfree_bench.training.train import train_one
 from tests.conftest import cli, snapshot
 
@@ -154,3 +155,32 @@ def test_a_placement_axis_gives_one_leaderboard_row_per_scheme_and_cell(tmp_path
     rows = rows["rows"] if isinstance(rows, dict) else rows
     cells = sorted((r["baseline"], r["model.placement"]) for r in rows)
     assert cells == [("dyt", "post"), ("dyt", "sandwich"), ("layernorm", "post"), ("layernorm", "sandwich")]
+    md = (out / "leaderboard.md").read_text()
+    assert STUDY_TITLE in md
+    grid = md.split(STUDY_TITLE)[1]
+    assert "placement=post" in grid and "placement=sandwich" in grid
+    by = {r["baseline"] + r["model.placement"]: r for r in rows}
+    line = next(x for x in grid.splitlines() if x.startswith("| layernorm"))
+    want = f"{by['layernormpost']['best_val_loss']:.4f}"
+    assert want in line, (want, line)
+    code, _, err = cli(["report", str(out)], capsys)
+    assert code == 0, err
+    assert 'class="study"' in (out / "report.html").read_text()
+
+
+def test_the_study_grid_pivots_cells_and_never_gives_a_failed_cell_a_sensitivity() -> None:
+    rows = [
+        {"baseline": "layernorm", "layernorm.affine": "both", "verdict": "trained", "best_val_loss": 0.25,
+         "lr_sensitivity": 0.66},
+        {"baseline": "layernorm", "layernorm.affine": "none", "verdict": "trained", "best_val_loss": 0.3,
+         "lr_sensitivity": None},
+        {"baseline": "dyt", "dyt.affine": "both", "verdict": "failed: no learning", "best_val_loss": 2.3,
+         "lr_sensitivity": 0.01},
+        {"baseline": "dyt", "dyt.affine": "none", "verdict": "failed: diverged", "best_val_loss": float("nan"),
+         "lr_sensitivity": None},
+    ]
+    headers, body = study_grid(rows, ["layernorm.affine", "dyt.affine"])
+    assert headers == ["scheme", "affine=both", "affine=none"]
+    assert body == [["layernorm", "0.2500 (sens. 0.660)", "0.3000"],
+                    ["dyt", "✗ no learning: 2.3000", "✗ diverged: -"]]
+    assert study_grid(rows, []) is None

@@ -19,9 +19,11 @@ loss is checked against the stored one (``reproduced``); on a GPU the difference
 - **alpha against 1/std** (DyT paper §6.2): for every site with a learnable scalar ``alpha``, its
   value against 1/std of that site's input over training (from the diagnostics recorded at eval
   steps; for a run recorded without them, the retrained trial's), with Pearson's r per site and pooled;
-- **rescaling invariance** (``--invariance``): the output's change when the weights that feed the norm
-  sites, or the input, are multiplied by c in {0.1, 0.5, 2, 10}, at init and after training
-  (normfree_bench.analysis.invariance);
+- **rescaling invariance** (``--invariance``, ``--scales``): the output's change when the weights that feed
+  the norm sites, or the input, are multiplied by c (default {0.1, 0.5, 2, 10}), at init and after training
+  (normfree_bench.analysis.invariance); and, for the best trials, the trial retrained from scratch with its
+  data rescaled by each c (``model.input_scale``: the pixels for the ViT, the token embedding's output for
+  the LM), with the loss difference to the trial as trained;
 - the plots of normfree_bench.analysis_plots (S-curves, curves above the best LR, diagnostics).
 """
 
@@ -37,7 +39,7 @@ import lightning.pytorch as pl
 import torch
 from tqdm import tqdm
 
-from normfree_bench.analysis.invariance import rescaling_invariance
+from normfree_bench.analysis.invariance import SCALES, rescaling_invariance
 from normfree_bench.analysis.plots import plot_analysis
 from normfree_bench.config import RunConfig
 from normfree_bench.data.task import load_data, loaders
@@ -75,7 +77,7 @@ INVARIANCE_NOTE = ("invariance: 'weights' multiplies every parameter that writes
 CSV_COLUMNS = ("baseline", "trial", "lr", "seed", "val_loss", "stored_val_loss", "reproduced", "n_outlier_dims",
                "max_kurtosis", "max_max_over_rms", *(f"ptq_{k}_delta" for k in PTQ_SCHEMES),
                *(f"{p}_delta" for p in LOW_PRECISIONS), *(f"{p}_diverged" for p in LOW_PRECISIONS), "alpha_inv_std_r",
-               "invariance_weights_rel_change_c10", "invariance_input_rel_change_c10")
+               "invariance_weights_rel_change_c10", "invariance_input_rel_change_c10", "invariance_retrained_delta_c10")
 
 
 class _KeepModel(pl.Callback):
@@ -195,16 +197,31 @@ def alpha_vs_inv_std(diagnostics: list[dict[str, Any]]) -> dict[str, dict[str, A
 
 
 def invariance_at_init_and_trained(cfg: RunConfig, trained: Transformer, batch: tuple[torch.Tensor, torch.Tensor],
-                                   ) -> dict[str, Any]:
+                                   scales: tuple[float, ...] = SCALES) -> dict[str, Any]:
     """`rescaling_invariance` of the trial's model at init (built as `train_one` builds it, same seed) and
     after training."""
     pl.seed_everything(cfg.train.seed, verbose=False)
     init = build_model(cfg.baseline, cfg.model, **cfg.baseline_hparams()).float().cpu()
-    return {"init": rescaling_invariance(init, *batch), "trained": rescaling_invariance(trained, *batch)}
+    return {"init": rescaling_invariance(init, *batch, scales),
+            "trained": rescaling_invariance(trained, *batch, scales)}
+
+
+def rescaled_data_runs(cfg: RunConfig, data: Any, val_loss: float, scales: tuple[float, ...]) -> dict[str, Any]:
+    """The trial trained again from scratch with its data rescaled by each c (``model.input_scale``):
+    its final validation loss, the difference to the trial's, and divergence."""
+    out: dict[str, Any] = {}
+    for c in scales:
+        model = dataclasses.replace(cfg.model, input_scale=cfg.model.input_scale * c)
+        train = dataclasses.replace(cfg.train, diagnostics=False)
+        result = train_one(dataclasses.replace(cfg, model=model, train=train), corpus=data)
+        out[f"{c:g}"] = {"val_loss": result.final_val_loss, "delta": result.final_val_loss - val_loss,
+                         "diverged": result.diverged, "diverged_step": result.diverged_step}
+    return out
 
 
 def analyze_trial(cfg: RunConfig, row: dict[str, Any], data: Any, diagnostics: list[dict[str, Any]],
-                  low_precision: bool, invariance: bool = False) -> tuple[dict[str, Any], dict]:
+                  low_precision: bool, invariance: bool = False, retrain_rescaled: bool = False,
+                  scales: tuple[float, ...] = SCALES) -> tuple[dict[str, Any], dict]:
     """Everything measured for one trial, and its S-curve tensors."""
     keep = _KeepModel()
     result = train_one(cfg, corpus=data, callbacks=[keep])
@@ -222,7 +239,9 @@ def analyze_trial(cfg: RunConfig, row: dict[str, Any], data: Any, diagnostics: l
              "alpha_vs_inv_std": alpha_vs_inv_std(diagnostics or [dict(zip(DIAG_COLUMNS, r))
                                                                   for r in result.diagnostics])}
     if invariance:
-        entry["invariance"] = invariance_at_init_and_trained(cfg, model, batches[0])
+        entry["invariance"] = invariance_at_init_and_trained(cfg, model, batches[0], scales)
+        if retrain_rescaled:
+            entry["invariance"]["retrained"] = rescaled_data_runs(cfg, data, result.final_val_loss, scales)
     if low_precision:
         entry["low_precision"] = low_precision_runs(cfg, data, fp32)
     return entry, io
@@ -240,14 +259,18 @@ def csv_row(entry: dict[str, Any]) -> dict[str, Any]:
     trained = entry.get("invariance", {}).get("trained", {})
     for kind in ("weights", "input"):
         row[f"invariance_{kind}_rel_change_c10"] = trained.get(kind, {}).get("10", {}).get("rel_change")
+    row["invariance_retrained_delta_c10"] = entry.get("invariance", {}).get("retrained", {}).get("10", {}).get("delta")
     return row
 
 
 def analyze_run(run_dir: Path, scope: str = "best", low_precision: bool = True, storage_url: str | None = None,
-                plots: bool = True, progress: bool = True, invariance: bool = False) -> dict[str, Any]:
-    """Analyze a run directory; write analysis.json, analysis.csv and plots/analysis_*.png."""
+                plots: bool = True, progress: bool = True, invariance: bool = False,
+                scales: tuple[float, ...] | str | None = None) -> dict[str, Any]:
+    """Analyze a run directory; write analysis.json, analysis.csv and plots/analysis_*.png. ``scales``: the
+    factors c of ``invariance`` (default `SCALES`), each > 0."""
     if scope not in SCOPES:
         raise UserError(f"unknown scope '{scope}'; valid: {', '.join(SCOPES)}")
+    scales = check_scales(scales, invariance)
     tables = read_tables(run_dir, storage_url)
     record, trials, curves, diagnostics, axes = tables.record, tables.trials, tables.curves, tables.diagnostics, \
         tables.axes
@@ -265,7 +288,8 @@ def analyze_run(run_dir: Path, scope: str = "best", low_precision: bool = True, 
         params = {"lr": row["lr"], "seed": row["seed"], **{a: row[a] for a in axes if row.get(a) is not None}}
         trial_cfg = trial_config(cfg, row["baseline"], params)
         entry, io = analyze_trial(trial_cfg, row, data, diag_by_trial[row["trial"]],
-                                  low_precision=low_precision and row["trial"] in best, invariance=invariance)
+                                  low_precision=low_precision and row["trial"] in best, invariance=invariance,
+                                  retrain_rescaled=invariance and row["trial"] in best, scales=scales)
         entries.append(entry)
         if row["trial"] in best or row["baseline"] not in s_curves:
             s_curves[row["baseline"]] = io
@@ -284,3 +308,34 @@ def analyze_run(run_dir: Path, scope: str = "best", low_precision: bool = True, 
     if plots:
         plot_analysis(analysis, s_curves, trials, curves, diagnostics, run_dir / "plots")
     return analysis
+
+
+def parse_scales(text: str) -> list[float]:
+    """``"0.1,0.5,2,10"`` as numbers; a part that is not one is a `UserError` naming it."""
+    out = []
+    for part in text.split(","):
+        try:
+            out.append(float(part))
+        except ValueError:
+            raise UserError(f"invalid rescaling factor {part.strip()!r} in --scales; valid: comma-separated positive "
+                            "numbers such as 0.1,0.5,2,10") from None
+    return out
+
+
+def check_scales(scales: tuple[float, ...] | str | None, invariance: bool) -> tuple[float, ...]:
+    """The factors c of ``--invariance``: each finite and > 0 (`SCALES` when None); given without
+    ``invariance``, a `UserError` (they would be ignored)."""
+    if scales is None:
+        return SCALES
+    scales = tuple(parse_scales(scales)) if isinstance(scales, str) else scales
+    if not invariance:
+        raise UserError("--scales applies to --invariance; add --invariance or leave --scales out")
+    if not scales:
+        raise UserError("--scales names no factor; valid: comma-separated positive numbers such as 0.1,0.5,2,10")
+    for i, c in enumerate(scales):
+        if not math.isfinite(c) or c <= 0:
+            raise UserError(f"invalid rescaling factor c = {c:g} in --scales; valid: positive finite numbers such as "
+                            "0.1,0.5,2,10")
+        if c in scales[:i]:
+            raise UserError(f"--scales gives c = {c:g} twice; valid: distinct positive numbers such as 0.1,0.5,2,10")
+    return tuple(scales)

@@ -12,7 +12,10 @@ Usage: ``plot_analysis(analysis, s_curves, trials, curves, diagnostics, run_dir 
 - ``analysis_diagnostics.png``: the diagnostics of each best trial over training: max attention
   logit, output log Z, final residual RMS, and the token-mean/spread ratio at the final site;
 - ``analysis_outliers.png``: kurtosis and max/RMS of every norm site's input, by depth;
-- ``analysis_ptq.png``: the validation-loss increase of each simulated quantization over fp32.
+- ``analysis_ptq.png``: the validation-loss increase of each simulated quantization over fp32;
+- ``analysis_invariance_<baseline>.png`` (``analyze --invariance``): the output's relative change against c
+  for each rescaling (weights, input) at init and trained, and the loss difference of the trial retrained
+  with its data rescaled by c.
 """
 
 from __future__ import annotations
@@ -189,6 +192,41 @@ def plot_ptq(entries: Sequence[dict[str, Any]], out_dir: Path) -> Path:
     return finish(fig, "simulated post-training quantization", out_dir / "analysis_ptq.png")
 
 
+def plot_invariance(entry: dict[str, Any], out_dir: Path) -> Path | None:
+    """One baseline's rescaling invariance: output change against c, and the retrained loss difference."""
+    inv = entry.get("invariance")
+    if not inv:
+        return None
+    fig, axs = plt.subplots(1, 2, figsize=(11, 4))
+    for when, style in (("init", "--"), ("trained", "-")):
+        for kind, marker in (("weights", "o"), ("input", "s")):
+            by_c = inv.get(when, {}).get(kind, {})
+            cs = sorted(by_c, key=float)
+            axs[0].plot([float(c) for c in cs], [by_c[c]["rel_change"] for c in cs], style, marker=marker, ms=4,
+                        label=f"{kind} rescaled, {when}")
+    axs[0].axhline(0.0, color="0.6", lw=0.8)
+    axs[0].set_xscale("log")
+    axs[0].set_yscale("symlog", linthresh=1e-4)
+    axs[0].set_xlabel("c")
+    axs[0].set_ylabel("||f_c - f|| / ||f|| of the logits")
+    axs[0].legend(fontsize=7)
+    retrained = inv.get("retrained", {})
+    if retrained:
+        cs = sorted(retrained, key=float)
+        axs[1].plot([float(c) for c in cs], [retrained[c]["delta"] for c in cs], marker="o", color="black")
+        for c in cs:
+            if retrained[c].get("diverged"):
+                axs[1].annotate("diverged", (float(c), retrained[c]["delta"]), fontsize=7, color="red")
+        axs[1].axhline(0.0, color="0.6", lw=0.8)
+    else:
+        axs[1].text(0.5, 0.5, "not retrained (not a best trial)", ha="center", va="center", transform=axs[1].transAxes)
+    axs[1].set_xscale("log")
+    axs[1].set_xlabel("c (data rescaled, retrained from scratch)")
+    axs[1].set_ylabel("final val loss - the trial's (nats)")
+    return finish(fig, f"{entry['baseline']}: rescaling invariance",
+                  out_dir / f"analysis_invariance_{sanitize_name(entry['baseline'])}.png")
+
+
 def plot_analysis(analysis: dict[str, Any], s_curves: dict[str, dict], trials: Sequence[dict[str, Any]],
                   curves: Sequence[dict[str, Any]], diagnostics: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
     """Every analysis figure; returns the paths written. Uses the best entry per baseline."""
@@ -202,7 +240,7 @@ def plot_analysis(analysis: dict[str, Any], s_curves: dict[str, dict], trials: S
     paths = [plot_s_curves(name, io, out_dir) for name, io in s_curves.items()]
     paths += [plot_outliers(chosen, out_dir), plot_ptq(chosen, out_dir)]
     for path in (plot_alpha_vs_inv_std(chosen, out_dir), plot_curves_above_best(chosen, trials, curves, out_dir),
-                 plot_diagnostics(chosen, diagnostics, out_dir)):
+                 plot_diagnostics(chosen, diagnostics, out_dir), *(plot_invariance(e, out_dir) for e in chosen)):
         if path is not None:
             paths.append(path)
     return paths

@@ -38,7 +38,7 @@ from normfree_bench.errors import UserError
 from normfree_bench.io import atomic_write_text
 from normfree_bench.store.rundir import CONFIG_FILE, read_run
 from normfree_bench.tables.leaderboard import COLUMN_DOCS
-from normfree_bench.tables.render import fmt_lr, notes, render
+from normfree_bench.tables.render import STUDY_TITLE, fmt_lr, notes, render, study_grid
 
 REPORT_NAME = "report.html"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -543,9 +543,13 @@ def alpha_tables(analysis: dict[str, Any]) -> list[str]:
 
 def invariance_tables(analysis: dict[str, Any]) -> list[str]:
     """One row per analyzed trial, model (init or trained) and rescaling: the output's relative change per c."""
-    rows, scales = [], []
+    rows, retrained, scales = [], [], []
     for t in _analysis_trials(analysis):
         for when, kinds in _dict(t.get("invariance")).items():
+            if when == "retrained":
+                by_c = _dict(kinds)
+                retrained.append([*_trial_key(t), *(_retrained_cell(_dict(by_c.get(c))) for c in by_c)])
+                continue
             for kind, by_c in _dict(kinds).items():
                 by_c = _dict(by_c)
                 scales = scales or list(by_c)
@@ -553,10 +557,23 @@ def invariance_tables(analysis: dict[str, Any]) -> list[str]:
                              *(fmt_num(_dict(by_c.get(c)).get("rel_change"), 3) for c in scales)])
     if not rows:
         return []
-    return [para("Relative change of the logits, ||f_c - f|| / ||f||, when every weight that writes into the residual "
-                 "stream (weights) or the input embedding alone (input) is multiplied by c. A model with a norm at "
-                 "every site is invariant to the first up to the norms' eps; DyT is not."),
-            html_table([*TRIAL_HEADERS, "model", "rescaled", *(f"c = {c}" for c in scales)], rows)]
+    out = [para("Relative change of the logits, ||f_c - f|| / ||f||, when every weight that writes into the residual "
+                "stream (weights) or the input embedding alone (input) is multiplied by c. A model with a norm at "
+                "every site is invariant to the first up to the norms' eps; DyT is not."),
+           html_table([*TRIAL_HEADERS, "model", "rescaled", *(f"c = {c}" for c in scales)], rows)]
+    if retrained:
+        out += [para("Dataset rescaling, trained: each best trial trained again from scratch with its data rescaled "
+                     "by c (the pixels for the ViT, the token embedding's output for the LM); the final validation "
+                     "loss minus the trial's own (nats), or the step where it diverged."),
+                html_table([*TRIAL_HEADERS, *(f"c = {c}" for c in scales)], retrained)]
+    return out
+
+
+def _retrained_cell(run: dict[str, Any]) -> str:
+    if run.get("diverged"):
+        return f"diverged at step {run.get('diverged_step')}"
+    delta = run.get("delta")
+    return f"{delta:+.4f}" if isinstance(delta, (int, float)) else "-"
 
 
 def leaderboard_section(files: RunFiles) -> list[str]:
@@ -573,6 +590,9 @@ def leaderboard_section(files: RunFiles) -> list[str]:
     out = [para(text + (" " + outcome if outcome else ""))]
     out.append('<div class="table-wrap">' + render(rows, "html", axes) + "</div>")
     out += [para(line, "note") for line in notes(rows, axes)]
+    grid = study_grid(rows, axes)
+    if grid:
+        out += [para(STUDY_TITLE), html_table(*grid, cls="study")]
     present = {k for r in rows for k, v in r.items() if v is not None}
     legend = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in COLUMN_DOCS.items() if k in present)
     if legend:

@@ -124,7 +124,43 @@ def render(rows: list[dict[str, Any]], fmt: str = "github", axes: Sequence[str] 
     table = tabulate(body, headers=columns, tablefmt=fmt, disable_numparse=True)
     if fmt in ("github", "psql"):
         table += "\n\n" + "\n".join(notes(rows, axes))
+        grid = study_grid(rows, axes)
+        if grid:
+            table += "\n\n" + STUDY_TITLE + "\n\n" + tabulate(grid[1], headers=grid[0], tablefmt=fmt,
+                                                               disable_numparse=True)
     return table
+
+
+STUDY_TITLE = ("The study at a glance: one row per scheme, one column per cell of the swept axes; each cell is the "
+               "best validation loss over the LR grid and its LR sensitivity, or the verdict of a failed cell.")
+
+
+def study_grid(rows: list[dict[str, Any]], axes: Sequence[str]) -> tuple[list[str], list[list[str]]] | None:
+    """The leaderboard of a sweep with axes pivoted to one row per scheme and one column per cell, an axis named
+    by its key alone (``layernorm.affine`` and ``dyt.affine`` share the ``affine`` columns; ``model.placement``
+    is ``placement``): each cell ``loss (sens. s)`` for a trained cell, ``✗ <verdict>: loss`` for a failed one.
+    None without axes."""
+    if not axes or not rows:
+        return None
+    columns: list[str] = []
+    cells: dict[str, dict[str, str]] = {}
+    for r in rows:
+        key = ", ".join(f"{a.split('.', 1)[1]}={r[a]}" for a in axes if r.get(a) is not None) or "-"
+        if key not in columns:
+            columns.append(key)
+        loss = _num(r.get("best_val_loss"), 4)
+        verdict = str(r.get("verdict") or "")
+        if verdict.startswith("failed"):
+            text = f"✗ {verdict.removeprefix('failed: ')}: {loss}"
+        else:
+            sens = r.get("lr_sensitivity")
+            text = loss + (f" (sens. {_num(sens, 3)})" if sens is not None else "")
+        cells.setdefault(r["baseline"], {})[key] = text
+    return ["scheme", *columns], [[name, *(by.get(c, "") for c in columns)] for name, by in cells.items()]
+
+
+def _num(value: Any, digits: int) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) and math.isfinite(value) else "-"
 
 
 def notes(rows: list[dict[str, Any]], axes: Sequence[str]) -> list[str]:
