@@ -129,8 +129,8 @@ def recompute(run: Path) -> dict[str, dict]:
     ref = rows.get(reference)
     tested = []
     for name, row in rows.items():
-        if ref is not None and ref["verdict"] == "trained":
-            ref_loss = ref.get("heldout_loss", ref["best_val_loss"])
+        ref_loss = ref.get("heldout_loss", ref["best_val_loss"]) if ref is not None else math.inf
+        if ref is not None and ref["verdict"] == "trained" and ref_loss < trivial * (1 - sweep["trained_margin"]):
             target = ref_loss + sweep["target_tol"] * (trivial - ref_loss)
             steps = [steps_to(curves.get(t["trial"], []), target, l0) for t in row["chosen"]]
             row["steps_to_target"] = float(np.median(steps))

@@ -36,10 +36,13 @@ Definitions (README, "Leaderboard columns", says the same for readers):
   tuning playbook choose on tuning runs and report on fresh ones); ``heldout_loss`` is their mean
   capped loss and ``p_vs_reference`` a one-sided Welch t-test (H1: this cell's loss is below the
   reference's) on them, Holm-corrected over every tested cell. The tuning seeds that chose the LR are
-  never used for a p-value (selection bias).
+  never used for a p-value (selection bias). A trained cell whose held-out mean is at or above the
+  trained threshold gets a note saying how many held-out seeds stalled: its tuning seed's loss did not
+  reproduce at the chosen LR.
 - ``steps_to_target``: the target is ``target`` if given, else the reference's loss at its chosen LR
   (held-out seeds when there are any) plus ``target_tol * (trivial - that loss)`` (none when the
-  reference itself did not train); for each seed at
+  reference itself did not train, or that loss is not below the trained threshold: a reference whose
+  held-out seeds stalled sets no target); for each seed at
   the chosen LR, the first step at which its validation curve reaches the target, interpolated
   linearly between eval points (the curve starts at (0, l0)); the median over seeds (inf unless more
   than half reach it) and ``target_reached`` = k/N seeds.
@@ -114,7 +117,8 @@ COLUMN_DOCS: dict[str, str] = {
     "spiked_count": "k of spiked",
     "n_trials": "N: the cell's tuning trials",
     "steps_to_target": "steps: median over the chosen seeds of the first step reaching the target, interpolated "
-                       "between eval points; ∞ unless more than half reach it",
+                       "between eval points; ∞ unless more than half reach it; empty when the reference did not "
+                       "learn (on its held-out seeds, when it has them)",
     "target_reached": "k/N of those seeds that reached the target",
     "target_reached_count": "k of target_reached",
     "tokens_per_s": "tokens (LM) or patches (ViT) per second of training steps, evaluation excluded: the median "
@@ -330,6 +334,11 @@ def _cell_row(baseline: str, axes: Sequence[str], cell: Cell, tune: Sequence[Rec
         sensitivity, note = lr_sensitivity(curve, s.sensitivity_window)
         width, basin_censored = lr_basin(curve, best, mean + s.basin_tol * (trivial - mean))
         stable, stable_censored = max_stable_lr(groups, best)
+        held_stalled = sum(loss >= stall_at for loss in held)
+        if h_mean is not None and h_mean >= stall_at:  # the chosen LR learned on the tuning seed only
+            note = "; ".join(n for n in (note, f"{held_stalled}/{len(held)} held-out seeds stalled at best_lr "
+                                         f"(mean {h_mean:.4g} >= {stall_at:.4g}): the tuning seed's loss did not "
+                                         "reproduce") if n)
         row.update(lr_sensitivity=sensitivity, lr_basin_decades=width, lr_basin_censored=basin_censored,
                    max_stable_lr=stable, max_stable_lr_censored=stable_censored,
                    spiked=f"{spiked}/{len(tune)}", spiked_count=spiked, note=note)
@@ -385,6 +394,10 @@ def summarize(records: Sequence[Record], l0: float, trivial: float, *, axes: Seq
         return next((k for k in keys if k[0] == reference
                      and all(r is None or r == v for r, v in zip(k[1], cell, strict=True))), None)
 
+    def reference_loss(ref_row: dict[str, Any]) -> float:
+        return ref_row["heldout_loss"] if ref_row["heldout_loss"] is not None else ref_row["best_val_loss"]
+
+    stall_at = trivial * (1 - s.trained_margin)
     tested: list[tuple[tuple[str, Cell], float]] = []
     for key in keys:
         ref = reference_of(key[1])
@@ -392,10 +405,9 @@ def summarize(records: Sequence[Record], l0: float, trivial: float, *, axes: Seq
         chosen = held.get(key) or [r for r in tune[key] if float(r["lr"]) == row["best_lr"]]
         if s.target_loss is not None:
             target = s.target_loss
-        elif ref_row is not None and ref_row["verdict"] == TRAINED:
-            ref_loss = ref_row["heldout_loss"] if ref_row["heldout_loss"] is not None else ref_row["best_val_loss"]
-            target = ref_loss + s.target_tol * (trivial - ref_loss)
-        else:
+        elif ref_row is not None and ref_row["verdict"] == TRAINED and reference_loss(ref_row) < stall_at:
+            target = reference_loss(ref_row) + s.target_tol * (trivial - reference_loss(ref_row))
+        else:  # no reference, or one that did not learn (on its held-out seeds, when it has them)
             target = None
         if target is None:
             row.update(steps_to_target=None, target_reached=None, target_reached_count=None)
