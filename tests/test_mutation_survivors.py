@@ -91,3 +91,94 @@ def test_the_llama_init_is_002_everywhere_with_zero_biases() -> None:
         assert m.bias is None or torch.all(m.bias == 0)
     assert any(m.bias is not None for m in linears)
     assert abs(model.pos_emb.std().item() - INIT_STD * 0.88) < 0.004
+
+
+def test_the_low_precision_table_heads_its_mode_column_precision() -> None:
+    from normfree_bench.report.html import low_precision_tables
+    from tests.conftest import html_tables
+
+    analysis = {"trials": [{"baseline": "dyt", "trial": 3, "lr": 0.01, "seed": 0,
+                            "low_precision": {"bf16": {"val_loss": 2.5, "delta": 0.25, "diverged": True},
+                                              "fp16": {"skipped": "needs CUDA"}}}]}
+    rows = html_tables("".join(low_precision_tables(analysis)))[0]
+    assert rows[0] == ["baseline", "trial", "lr", "seed", "precision", "val_loss", "delta", "status"]
+    assert [r[4] for r in rows[1:]] == ["bf16", "fp16"]
+    assert rows[1][7] == "diverged" and rows[2][7] == "skipped: needs CUDA"
+
+
+def _files(**kwargs: object) -> object:
+    from pathlib import Path
+
+    from normfree_bench.report.html import RunFiles
+
+    return RunFiles(run_dir=Path("."), config=kwargs.pop("config", {}), config_text="", **kwargs)
+
+
+def test_provenance_names_only_the_facts_it_has() -> None:
+    from normfree_bench.report.html import provenance_section
+
+    first = provenance_section(_files(provenance={"created": "2026-01-02", "python": "3.12.1"}))[0]
+    assert "Run created 2026-01-02, Python 3.12.1; the full provenance.json:" in first
+    assert "host" not in first
+    with_host = provenance_section(_files(provenance={"host": "box", "torch_threads": 2}))[0]
+    assert "Run on host box, 2 torch threads; the full provenance.json:" in with_host
+
+
+def test_the_sweep_sentence_keeps_its_first_words_when_it_adds_the_initial_loss() -> None:
+    from normfree_bench.report.html import sweep_text
+
+    trials = [{"lr": "0.001", "final_val_loss": "1.5", "diverged": "False"},
+              {"lr": "0.01", "final_val_loss": "nan", "diverged": "True"}]
+    text = sweep_text(_files(trials=trials, config={"model": {"task": "vit", "num_classes": 10}}))
+    assert text.startswith("Final validation loss of 2 trials over 2 learning rates from ")
+    assert "; 1 diverged, the others ended between 1.5 and 1.5 nats" in text
+    assert text.endswith("; the initial loss l0 = ln(10) = 2.303 nats.")
+
+
+def test_only_the_tuning_studies_carry_the_leaderboards_choice(tmp_path) -> None:
+    import shutil
+    from pathlib import Path
+
+    from normfree_bench.store.rundir import run_studies
+    from normfree_bench.tables.export import mark_chosen, read_tables
+
+    run = tmp_path / "vision"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "results" / "vision", run)
+    tables = read_tables(run)
+    for study in run_studies(tables.storage, tables.record["run_name"]):  # start from no mark at all
+        study.set_user_attr("leaderboard", None)
+    mark_chosen(tables)
+    studies = run_studies(tables.storage, tables.record["run_name"])
+    phases = {s.user_attrs.get("phase", "tune") for s in studies}
+    assert phases == {"tune", "eval"}
+    best = {r["baseline"]: r["best_lr"] for r in tables.rows}
+    for s in studies:
+        mark = s.user_attrs["leaderboard"]
+        if s.user_attrs.get("phase", "tune") == "eval":
+            assert mark is None, s.study_name
+        else:
+            assert mark["all"]["chosen_lr"] == best[s.user_attrs["baseline"]]
+
+
+def test_the_plots_draw_the_grids_trials_only(monkeypatch, tmp_path) -> None:
+    from pathlib import Path
+
+    from normfree_bench.tables import export
+
+    tables = export.read_tables(Path(__file__).resolve().parents[1] / "results" / "vision")
+    drawn = []
+    monkeypatch.setattr(export, "plot_all", lambda records, *args, **kwargs: drawn.append(records) or [])
+    export.write_plots(tables, tmp_path)
+    tune = [r for r in tables.records if r["phase"] == "tune"]
+    assert 0 < len(tune) < len(tables.records)  # the run has held-out trials too
+    assert [r["phase"] for r in drawn[0]] == ["tune"] * len(tune)
+
+
+def test_the_leaderboard_reads_the_runs_own_sensitivity_window() -> None:
+    from pathlib import Path
+
+    from normfree_bench.tables.export import read_tables
+
+    tables = read_tables(Path(__file__).resolve().parents[1] / "results" / "affine")
+    assert tables.record["sweep"]["sensitivity_window"] == [0.001, 0.1]  # the grid's own edges, not the default
+    assert len(tables.rows) == 6 and all(isinstance(r["lr_sensitivity"], float) for r in tables.rows)
