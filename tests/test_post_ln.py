@@ -146,6 +146,28 @@ def test_admin_logn_is_admin_torchs_closed_form() -> None:
     assert model.baseline.check_init(model, ids()) == []
 
 
+def test_admin_logn_sites_match_admin_torchs_own_module() -> None:
+    """admin-torch's OmegaResidual (the official package, a dev dependency) beside ours at every site: the same
+    learnable per-channel omega and the same ``x * omega + F(x)``, forward and backward."""
+    import admin_torch
+
+    model = fresh("admin", omega_init="logn")
+    official = admin_torch.as_module(2 * len(model.blocks), as_parameter=True, embed_dim=CFG.d_model)
+    gen = torch.Generator().manual_seed(3)
+    x, fx = (torch.randn(2, 5, CFG.d_model, generator=gen) for _ in range(2))
+    sites = [res for *_, res in model.residual_sites()]
+    assert len(sites) == 12
+    for res in sites:
+        assert isinstance(res.gain, nn.Parameter) and isinstance(official.omega, nn.Parameter)
+        torch.testing.assert_close(res.gain.detach(), official.omega.detach(), rtol=0, atol=1e-7)
+        ours, theirs = res.combine(x, fx), official(x, fx)
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+        (ours * fx).sum().backward()
+        (theirs * fx).sum().backward()
+        torch.testing.assert_close(res.gain.grad, official.omega.grad, rtol=1e-6, atol=1e-5)
+        res.gain.grad, official.omega.grad = None, None
+
+
 def test_admin_profiling_leaves_the_global_rng_alone() -> None:
     torch.manual_seed(0)
     build_model("admin", CFG)
