@@ -128,7 +128,7 @@ def test_a_baseline_instance_can_be_passed_instead_of_a_name() -> None:
 
 def test_layer_reprs_name_their_settings() -> None:
     """``print(model)`` and ``baselines check`` show each point-wise norm's and gate's settings."""
-    from normfree_bench.core.layers import GatedResidual, PointwiseNorm
+    from normfree_bench.core.layers import GatedResidual, PointwiseNorm, SkipScaledResidual
 
     norm = PointwiseNorm(8, nn.Tanh(), alpha_init=0.25, bias=True)
     assert norm.extra_repr() == "alpha_init=0.25, gain=True, bias=True"
@@ -136,3 +136,5 @@ def test_layer_reprs_name_their_settings() -> None:
     assert shifted.extra_repr() == "alpha_init=2, gain=False, bias=False, shift_init=0.5"
     assert GatedResidual(nn.Parameter(torch.zeros(4))).extra_repr() == "shape=(4,), learnable=True"
     assert GatedResidual(torch.zeros(1)).extra_repr() == "shape=(1,), learnable=False"
+    assert SkipScaledResidual(nn.Parameter(torch.ones(4))).extra_repr() == "shape=(4,), learnable=True"
+    assert SkipScaledResidual(torch.ones(1)).extra_repr() == "shape=(1,), learnable=False"

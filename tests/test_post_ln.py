@@ -181,6 +181,8 @@ def test_admin_profiling_leaves_the_global_rng_alone() -> None:
     (lambda m: m.blocks[0].res_attn.gain.fill_(1.3), "blocks.0.res_attn: the first omega must be exactly 1"),
     (lambda m: m.blocks[3].res_mlp.gain.mul_(1.5), "blocks.3.res_mlp: omega"),
     (lambda m: m.blocks[2].res_attn.gain[5].fill_(0.0), "blocks.2.res_attn: omega must start as one value"),
+    (lambda m: setattr(m.blocks[1].norm_mlp, "eps", 0.5),
+     "blocks.1.norm_mlp: LayerNorm is not the identity-affine layernorm with eps 1e-05"),
 ])
 def test_admin_check_init_names_each_broken_rule(break_it, expected: str) -> None:
     model = fresh("admin")

@@ -349,6 +349,43 @@ def test_xavier_rule_is_uniform_with_fan_average_variance() -> None:
         assert std(weight) == pytest.approx(0.1 / math.sqrt(3), rel=0.03)
 
 
+def test_fairseq_rule_is_xavier_uniform_zero_biases_and_normal_embeddings() -> None:
+    """fairseq's Transformer (DeepNorm's and Admin's code): Xavier-uniform matrices (q/k/v as one), zero
+    biases, token embedding, positions and head N(0, d^-1/2)."""
+    model = wide_model("layernorm", n_layers=2)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.fill_(1.0)  # every value the rule must redraw
+        NETWORK_INITS["fairseq"](model)
+    for role, linears in role_linears(model).items():
+        for linear in linears:
+            fan_out, fan_in = linear.weight.shape
+            assert std(linear.weight) == pytest.approx(math.sqrt(2 / (fan_in + fan_out)), rel=0.03), role
+            assert float(linear.weight.detach().abs().max()) <= math.sqrt(6 / (fan_in + fan_out))
+            assert linear.bias is not None and torch.all(linear.bias == 0), role
+    for weight in (model.tok_emb.weight, model.head.weight, model.pos_emb):
+        assert std(weight) == pytest.approx(WIDE ** -0.5, rel=0.03)
+        assert float(weight.detach().mean()) == pytest.approx(0.0, abs=0.01)
+
+
+def test_fairseq_rule_on_a_vit_is_timms() -> None:
+    cfg = ModelConfig(task="vit", d_model=32, n_layers=2, n_heads=4, image_size=8, patch_size=2, in_chans=1,
+                      num_classes=10)
+    states = []
+    for rule in ("fairseq", "timm"):
+        model = build_model("layernorm", cfg)
+        with torch.no_grad():
+            for param in model.parameters():
+                param.fill_(1.0)
+            torch.manual_seed(5)
+            NETWORK_INITS[rule](model)
+        states.append(model.state_dict())
+    assert states[0].keys() == states[1].keys()
+    for name in states[0]:
+        torch.testing.assert_close(states[0][name], states[1][name], rtol=0, atol=0, msg=name)
+    assert any(float(v.std()) > 0 for v in states[0].values() if v.ndim == 2)  # the rule did redraw
+
+
 # ---- norm eps ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("preset", ["gpt2", "llama"])
 @pytest.mark.parametrize(("baseline", "kind", "eps"), [("layernorm", nn.LayerNorm, LN_EPS),
