@@ -1,0 +1,62 @@
+"""What the fused DyT forward costs on this CPU beyond moving memory: the compiled rational tanh against a
+compiled kernel that moves the same bytes with only DyT's affine arithmetic, and a plain copy.
+
+Usage: ``.venv/bin/python dev/tanh_cost.py [--widths 256,1024] [--tokens 4096] [--repeats 60]``
+
+Each row times, on fp32 (tokens x width), the median of ``--repeats`` calls (after 5 warm-ups) of:
+``copy`` (``x.clone()``), ``layernorm`` (torch's eager kernel), ``dyt_fused`` (the forward that
+``model.norm_impl: fused`` runs on CPU: `normfree_bench.core.fused._rational_forward`, compiled), and
+``affine_only`` (``gamma * (alpha x) + beta`` compiled: DyT's memory traffic without tanh). The gap between
+``dyt_fused`` and ``affine_only`` is the cost of tanh's arithmetic. Not a benchmark of the project's
+layers (``normfree-bench speed`` is): a probe of where the fused form's time goes. Run it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import torch
+
+from normfree_bench.core.fused import _rational_forward
+
+
+def median_ms(repeats: int, fn: Callable[..., torch.Tensor], *args: object) -> float:
+    for _ in range(5):
+        fn(*args)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn(*args)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2] * 1e3
+
+
+def affine_only(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    return weight * (alpha * x) + bias
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--widths", default="256,1024")
+    p.add_argument("--tokens", type=int, default=4096)
+    p.add_argument("--repeats", type=int, default=60)
+    args = p.parse_args(argv)
+    fused, affine = torch.compile(_rational_forward), torch.compile(affine_only)
+    print("| width | copy ms | layernorm ms | dyt_fused ms | affine_only ms | dyt_fused / copy |")
+    print("|---|---|---|---|---|---|")
+    for width in (int(w) for w in args.widths.split(",")):
+        x = torch.randn(args.tokens, width, generator=torch.Generator().manual_seed(0))
+        alpha, weight, bias = torch.tensor([0.5]), torch.ones(width), torch.zeros(width)
+        ln = torch.nn.LayerNorm(width)
+        with torch.no_grad():
+            n = args.repeats
+            row = [median_ms(n, torch.clone, x), median_ms(n, ln, x),
+                   median_ms(n, fused, x, alpha, weight, bias, None, 1.0),
+                   median_ms(n, affine, x, alpha, weight, bias)]
+        print(f"| {width} | " + " | ".join(f"{v:.3f}" for v in row) + f" | {row[2] / row[0]:.1f}× |")
+
+
+if __name__ == "__main__":
+    main()
