@@ -18,9 +18,9 @@ LayerNorm; ``--init-type adaptive-profiling`` writes the omegas, ``adaptive`` tr
   omega_1 = 1 and omega_i^2 ~ Var[x_0] + sum_{j<i} Var[F_j] after the first LayerNorm.
 - ``omega_init: logn``: admin-torch's default without profiling, omega = sqrt((n + 1) / ln(n + 1) - 1) with
   n = 2N residual sublayers (its ``O(logn)`` scale), as a learnable vector here too.
-- The rest: fairseq's init (the `fairseq` rule: Xavier-uniform matrices with the fused q/k/v as one, zero
-  biases, N(0, d^-1/2) embedding, positions and untied head) with the token embedding times a fixed sqrt(d);
-  LayerNorm eps 1e-5.
+- The rest, shared with DeepNorm (`normfree_bench.core.post_ln.FairseqPostLN`): fairseq's init (the `fairseq`
+  rule: Xavier-uniform matrices with the fused q/k/v as one, zero biases, N(0, d^-1/2) embedding, positions and
+  untied head) with the token embedding times a fixed sqrt(d); LayerNorm eps 1e-5.
 
 Choices where the sources differ or do not reach:
 - The profiling batch: the official code profiles one training batch (dropout on, padding included) and
@@ -39,11 +39,11 @@ from typing import Literal
 import torch
 from torch import nn
 
-from normfree_bench import Baseline, register_baseline
+from normfree_bench import register_baseline
 from normfree_bench.core.invariants import sites_normalize
-from normfree_bench.core.layers import Scale, SkipScaledResidual, make_norm
+from normfree_bench.core.layers import SkipScaledResidual
+from normfree_bench.core.post_ln import LN_EPS, FairseqPostLN
 
-EPS = 1e-5  # fairseq's LayerNorm
 PROFILE_BATCH = 8
 
 
@@ -82,29 +82,15 @@ def profile_omegas(model, inputs: torch.Tensor, write: bool = True) -> list[tupl
 
 
 @register_baseline
-class Admin(Baseline):
+class Admin(FairseqPostLN):
     name = "admin"
     description = "post-LN with LN(omega x + F(x)), per-channel omega set by Admin's profiling pass"
     paper = "https://arxiv.org/abs/2004.08249"
-    placements = ("post",)
-    group = "ablation"  # named explicitly (the placement suite runs it); the default sweep keeps its seven
-    scale_positions = False  # fairseq adds its positions after scaling the token embedding
     hparams = {"omega_init": "profile"}
     hparam_types = {"omega_init": Literal["profile", "logn"]}
 
-    def norm(self, dim, site, layer_idx, n_layers):
-        return make_norm("layernorm", dim, bias=self.config.bias, eps=EPS)
-
     def residual(self, dim, branch, layer_idx, n_layers):
         return SkipScaledResidual(nn.Parameter(torch.ones(dim)))
-
-    def network_init(self):
-        return "fairseq"
-
-    def embedding_scale(self, dim):
-        if self.config.task == "lm":
-            return Scale(math.sqrt(dim), learnable=False)
-        return nn.Identity()
 
     def init_(self, model):
         if self.hp["omega_init"] == "logn":
@@ -118,7 +104,7 @@ class Admin(Baseline):
         model.train(was_training)
 
     def check_init(self, model, batch):
-        problems = sites_normalize(model, batch, "layernorm", eps=EPS)
+        problems = sites_normalize(model, batch, "layernorm", eps=LN_EPS)
         sites = list(model.residual_sites())
         for _, _, name, res in sites:
             if not isinstance(res, SkipScaledResidual) or not isinstance(res.gain, nn.Parameter) \

@@ -16,7 +16,8 @@ https://arxiv.org/abs/2203.00555; official code ``microsoft/torchscale`` (``torc
   ``gain=1`` for ``q_proj``, ``k_proj``); biases 0. Our q/k/v are one fused matrix: each third gets its own gain.
 - the rest of the network: fairseq's (``model.init: paper`` -> the `fairseq` rule: N(0, d^-1/2) token embedding
   and positions, untied N(0, d^-1/2) head) with the token embedding times a fixed sqrt(d) (fairseq's
-  ``embed_scale``, which torchscale's fairseq LM example keeps), positions added after it; LayerNorm eps 1e-5.
+  ``embed_scale``, which torchscale's fairseq LM example keeps), positions added after it;
+  LayerNorm eps 1e-5 (shared with Admin: `normfree_bench.core.post_ln`).
 
 Choices where the sources differ:
 - torchscale's code keeps PyTorch's default Linear init (kaiming-uniform) and divides it, biases included, by
@@ -37,11 +38,10 @@ import math
 import torch
 from torch import nn
 
-from normfree_bench import Baseline, register_baseline
+from normfree_bench import register_baseline
 from normfree_bench.core.invariants import sites_normalize
-from normfree_bench.core.layers import Scale, SkipScaledResidual, make_norm
-
-EPS = 1e-5  # torchscale's layernorm_eps
+from normfree_bench.core.layers import SkipScaledResidual
+from normfree_bench.core.post_ln import LN_EPS, FairseqPostLN
 
 
 def deepnorm_constants(n_layers: int) -> tuple[float, float]:
@@ -58,31 +58,17 @@ def branch_gains(role: str, out_features: int, beta: float) -> list[tuple[slice,
 
 
 @register_baseline
-class DeepNorm(Baseline):
+class DeepNorm(FairseqPostLN):
     name = "deepnorm"
     description = "post-LN with LN(alpha x + F(x)), alpha=(2N)^1/4, beta=(8N)^-1/4 Xavier init of v/out/MLP"
     paper = "https://arxiv.org/abs/2203.00555"
-    placements = ("post",)
-    group = "ablation"  # named explicitly (the placement suite runs it); the default sweep keeps its seven
-    scale_positions = False  # fairseq adds its positions after scaling the token embedding
 
     def __init__(self, config, **hparams):
         super().__init__(config, **hparams)
         self.alpha, self.beta = deepnorm_constants(config.n_layers)
 
-    def norm(self, dim, site, layer_idx, n_layers):
-        return make_norm("layernorm", dim, bias=self.config.bias, eps=EPS)
-
     def residual(self, dim, branch, layer_idx, n_layers):
         return SkipScaledResidual(torch.full((1,), self.alpha))
-
-    def network_init(self):
-        return "fairseq"
-
-    def embedding_scale(self, dim):
-        if self.config.task == "lm":
-            return Scale(math.sqrt(dim), learnable=False)
-        return nn.Identity()
 
     def init_(self, model):
         for _, role, linear in model.branch_linears():
@@ -92,7 +78,7 @@ class DeepNorm(Baseline):
                 nn.init.zeros_(linear.bias)
 
     def check_init(self, model, batch):
-        problems = sites_normalize(model, batch, "layernorm", eps=EPS)
+        problems = sites_normalize(model, batch, "layernorm", eps=LN_EPS)
         for _, _, name, res in model.residual_sites():
             if not isinstance(res, SkipScaledResidual) or not torch.allclose(res.gain, torch.tensor(self.alpha)):
                 problems.append(f"{name}: the skip must be scaled by alpha = (2N)^(1/4) = {self.alpha:.4g}")

@@ -25,8 +25,8 @@ class Residual(nn.Module):
         return x + y
 
 
-class GatedResidual(Residual):
-    """``x + gain * y``. A Parameter gain is learnable (the same Parameter may be shared by several
+class _GainResidual(Residual):
+    """A residual with a gain. A Parameter gain is learnable (the same Parameter may be shared by several
     branches); a plain tensor is a fixed buffer. Shape (1,) for a scalar, (C,) for a per-channel gain."""
 
     def __init__(self, gain: torch.Tensor) -> None:
@@ -36,29 +36,23 @@ class GatedResidual(Residual):
         else:
             self.register_buffer("gain", gain)
 
+    def extra_repr(self) -> str:
+        return f"shape={tuple(self.gain.shape)}, learnable={isinstance(self.gain, nn.Parameter)}"
+
+
+class GatedResidual(_GainResidual):
+    """``x + gain * y``: the branch is scaled (ReZero, SkipInit, LayerScale, the OP block)."""
+
     def combine(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return x + self.gain * y
 
-    def extra_repr(self) -> str:
-        return f"shape={tuple(self.gain.shape)}, learnable={isinstance(self.gain, nn.Parameter)}"
 
-
-class SkipScaledResidual(Residual):
+class SkipScaledResidual(_GainResidual):
     """``gain * x + y``: the skip, not the branch, is scaled (DeepNet's ``x * alpha + F(x)``, Admin's
-    ``omega * x + F(x)``). A Parameter gain is learnable, a plain tensor a fixed buffer; shape (1,) or (C,)."""
-
-    def __init__(self, gain: torch.Tensor) -> None:
-        super().__init__()
-        if isinstance(gain, nn.Parameter):
-            self.gain = gain
-        else:
-            self.register_buffer("gain", gain)
+    ``omega * x + F(x)``)."""
 
     def combine(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.gain * x + y
-
-    def extra_repr(self) -> str:
-        return f"shape={tuple(self.gain.shape)}, learnable={isinstance(self.gain, nn.Parameter)}"
 
 
 class Scale(nn.Module):
