@@ -204,8 +204,24 @@ def _rational_backward(g: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, we
         u = u + shift
     t = rational_tanh(c * u)
     dv = gf * (weight * c) * (1 - t * t)
-    return ((dv * alpha).to(x.dtype), (dv * xf).sum().reshape(1), (gf * t).sum(0), gf.sum(0),
+    return ((dv * alpha).to(x.dtype), (dv * xf).sum().reshape(1), column_sums(gf * t), column_sums(gf),
             dv.sum().reshape(1))
+
+
+COLUMN_BLOCK = 8  # rows summed first in `column_sums` (the fastest of 2, 4, ..., 32 at width 1024 here)
+
+
+def column_sums(t: torch.Tensor) -> torch.Tensor:
+    """``t.sum(0)`` of a (rows, channels) tensor, as sums over blocks of `COLUMN_BLOCK` rows, then over the
+    blocks. Compiled for a CPU, a plain ``sum(0)`` walks all rows for each 16-channel vector, one row (and at
+    width 1024 one 4 KiB page) per step; the blocked form walks 8 rows at a time across the channels. On the
+    2-core reference machine, fp32, 4096 rows: the two column sums of the fused backward (with tanh recomputed)
+    3.4 -> 1.4 ms at width 1024, unchanged at 256; the whole fused forward+backward about 6.6 -> 5.1 ms at 1024.
+    A row count that is not a multiple of the block sums plainly."""
+    rows, channels = t.shape
+    if rows % COLUMN_BLOCK:
+        return t.sum(0)
+    return t.view(rows // COLUMN_BLOCK, COLUMN_BLOCK, channels).sum(1).sum(0)
 
 
 _compiled: dict[str, Any] = {}
