@@ -148,19 +148,15 @@ def study_grid(rows: list[dict[str, Any]], axes: Sequence[str]) -> tuple[list[st
         key = ", ".join(f"{a.split('.', 1)[1]}={r[a]}" for a in axes if r.get(a) is not None) or "-"
         if key not in columns:
             columns.append(key)
-        loss = _num(r.get("best_val_loss"), 4)
+        loss = _fmt("best_val_loss", r.get("best_val_loss"), {})  # the leaderboard's own formats, no interval
         verdict = str(r.get("verdict") or "")
         if verdict.startswith("failed"):
             text = f"✗ {verdict.removeprefix('failed: ')}: {loss}"
         else:
             sens = r.get("lr_sensitivity")
-            text = loss + (f" (sens. {_num(sens, 3)})" if sens is not None else "")
+            text = loss + (f" (sens. {_fmt('lr_sensitivity', sens, {})})" if sens is not None else "")
         cells.setdefault(r["baseline"], {})[key] = text
     return ["scheme", *columns], [[name, *(by.get(c, "") for c in columns)] for name, by in cells.items()]
-
-
-def _num(value: Any, digits: int) -> str:
-    return f"{value:.{digits}f}" if isinstance(value, (int, float)) and math.isfinite(value) else "-"
 
 
 def notes(rows: list[dict[str, Any]], axes: Sequence[str]) -> list[str]:
