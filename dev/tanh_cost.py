@@ -1,10 +1,11 @@
 """What the fused DyT forward costs on this CPU beyond moving memory: the compiled rational tanh against a
 compiled kernel that moves the same bytes with only DyT's affine arithmetic, and a plain copy.
 
-Usage: ``.venv/bin/python dev/tanh_cost.py [--widths 256,1024] [--tokens 4096] [--repeats 60]``
+Usage: ``.venv/bin/python dev/tanh_cost.py [--widths 256,1024] [--tokens 4096] [--min-run-time 0.3]``
 
-Each row times, on fp32 (tokens x width), the median of ``--repeats`` calls (after 5 warm-ups) of:
-``copy`` (``x.clone()``), ``layernorm`` (torch's eager kernel), ``dyt_fused`` (the forward that
+Each row times, on fp32 (tokens x width), with the speed suite's own timer and copy floor
+(`normfree_bench.tools.speed.measure`, `copy_floor`: the median over ``--min-run-time`` seconds):
+``copy`` (x copied into a preallocated tensor), ``layernorm`` (torch's eager kernel), ``dyt_fused`` (the forward that
 ``model.norm_impl: fused`` runs on CPU: `normfree_bench.core.fused._rational_forward`, compiled), and
 ``affine_only`` (``gamma * (alpha x) + beta`` compiled: DyT's memory traffic without tanh). The gap between
 ``dyt_fused`` and ``affine_only`` is the cost of tanh's arithmetic. Not a benchmark of the project's
@@ -14,23 +15,12 @@ layers (``normfree-bench speed`` is): a probe of where the fused form's time goe
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
+from functools import partial
 
 import torch
 
 from normfree_bench.core.fused import _rational_forward
-
-
-def median_ms(repeats: int, fn: Callable[..., torch.Tensor], *args: object) -> float:
-    for _ in range(5):
-        fn(*args)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn(*args)
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2] * 1e3
+from normfree_bench.tools.speed import copy_floor, measure
 
 
 def affine_only(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -41,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--widths", default="256,1024")
     p.add_argument("--tokens", type=int, default=4096)
-    p.add_argument("--repeats", type=int, default=60)
+    p.add_argument("--min-run-time", type=float, default=0.3, help="seconds per measurement")
     args = p.parse_args(argv)
     fused, affine = torch.compile(_rational_forward), torch.compile(affine_only)
     print("| width | copy ms | layernorm ms | dyt_fused ms | affine_only ms | dyt_fused / copy |")
@@ -50,11 +40,11 @@ def main(argv: list[str] | None = None) -> None:
         x = torch.randn(args.tokens, width, generator=torch.Generator().manual_seed(0))
         alpha, weight, bias = torch.tensor([0.5]), torch.ones(width), torch.zeros(width)
         ln = torch.nn.LayerNorm(width)
+        t = args.min_run_time
         with torch.no_grad():
-            n = args.repeats
-            row = [median_ms(n, torch.clone, x), median_ms(n, ln, x),
-                   median_ms(n, fused, x, alpha, weight, bias, None, 1.0),
-                   median_ms(n, affine, x, alpha, weight, bias)]
+            row = [1e3 * copy_floor(x, t), 1e3 * measure(partial(ln, x), t)[0],
+                   1e3 * measure(partial(fused, x, alpha, weight, bias, None, 1.0), t)[0],
+                   1e3 * measure(partial(affine, x, alpha, weight, bias), t)[0]]
         print(f"| {width} | " + " | ".join(f"{v:.3f}" for v in row) + f" | {row[2] / row[0]:.1f}× |")
 
 

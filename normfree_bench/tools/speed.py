@@ -96,7 +96,7 @@ def gpu_peaks(device: str) -> tuple[float, float] | None:
     return next((v for k, v in GPU_PEAKS.items() if k in name), None)
 
 
-def _measure(fn: Callable[[], Any], min_run_time: float) -> tuple[float, float]:
+def measure(fn: Callable[[], Any], min_run_time: float) -> tuple[float, float]:
     """(median, interquartile range) in seconds of one call of ``fn``, with all of torch's intra-op threads
     (``torch.utils.benchmark.Timer`` defaults to one thread: single-threaded figures, and a recompile of
     every compiled kernel, whose thread count is part of its guards)."""
@@ -127,7 +127,7 @@ def _first_call(example: Callable[[], Any], compiling: bool) -> float:
 def copy_floor(x: torch.Tensor, min_run_time: float) -> float:
     """Median seconds of a copy of ``x`` into a preallocated tensor: 2 N elements moved, the floor's unit."""
     src, dst = x.detach(), torch.empty_like(x, requires_grad=False)
-    return _measure(partial(dst.copy_, src), min_run_time)[0]
+    return measure(partial(dst.copy_, src), min_run_time)[0]
 
 
 def min_bytes(mode: str, x: torch.Tensor) -> int:
@@ -192,7 +192,7 @@ def layer_rows(s: SpeedSettings) -> list[dict[str, Any]]:
                                             impl != "eager")
                     for mode, fn in (("fwd", partial(norm_forward, layer, x, dev.type, amp)),
                                      ("fwd+bwd", partial(norm_forward_backward, layer, x, dy, dev.type, amp))):
-                        median, iqr = _measure(fn, s.min_run_time)
+                        median, iqr = measure(fn, s.min_run_time)
                         nbytes = min_bytes(mode, x)
                         floor_s = copy_s * nbytes / (2 * x.numel() * x.element_size())
                         row = {"bench": "layer", "baseline": name, "width": width, "tokens": s.tokens,
@@ -249,8 +249,8 @@ def model_rows(s: SpeedSettings) -> list[dict[str, Any]]:
                     run = torch.compile(model) if whole else model
                     step = partial(train_step, run, opt, x, y, dev.type, amp)
                     compile_s = _first_call(step, impl == "compiled" or whole)
-                    train_t, train_iqr = _measure(step, s.min_run_time)
-                    infer_t, _ = _measure(partial(infer, run, x, dev.type, amp), s.min_run_time)
+                    train_t, train_iqr = measure(step, s.min_run_time)
+                    infer_t, _ = measure(partial(infer, run, x, dev.type, amp), s.min_run_time)
                     row = {"bench": "model", "baseline": name, "d_model": config.d_model, "n_layers": config.n_layers,
                            "context_length": config.context_length, "params": model.num_params(), "dtype": dtype_name,
                            "impl": impl, "compiled": whole, "train_tokens_per_s": tokens / train_t,
