@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+from pathlib import Path
 
 import torch
 
@@ -17,6 +18,8 @@ from normfree_bench.core.registry import get_baseline
 from normfree_bench.sweep.selection import below
 from normfree_bench.tables.export import compute_summary, init_label
 from normfree_bench.tables.render import render
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"  # the committed runs
 
 
 def test_below_scales_its_slack_with_the_loss() -> None:
@@ -107,8 +110,6 @@ def test_the_low_precision_table_heads_its_mode_column_precision() -> None:
 
 
 def _files(**kwargs: object) -> object:
-    from pathlib import Path
-
     from normfree_bench.report.html import RunFiles
 
     return RunFiles(run_dir=Path("."), config=kwargs.pop("config", {}), config_text="", **kwargs)
@@ -137,13 +138,12 @@ def test_the_sweep_sentence_keeps_its_first_words_when_it_adds_the_initial_loss(
 
 def test_only_the_tuning_studies_carry_the_leaderboards_choice(tmp_path) -> None:
     import shutil
-    from pathlib import Path
 
     from normfree_bench.store.rundir import run_studies
     from normfree_bench.tables.export import mark_chosen, read_tables
 
     run = tmp_path / "vision"
-    shutil.copytree(Path(__file__).resolve().parents[1] / "results" / "vision", run)
+    shutil.copytree(RESULTS / "vision", run)
     tables = read_tables(run)
     for study in run_studies(tables.storage, tables.record["run_name"]):  # start from no mark at all
         study.set_user_attr("leaderboard", None)
@@ -161,11 +161,9 @@ def test_only_the_tuning_studies_carry_the_leaderboards_choice(tmp_path) -> None
 
 
 def test_the_plots_draw_the_grids_trials_only(monkeypatch, tmp_path) -> None:
-    from pathlib import Path
-
     from normfree_bench.tables import export
 
-    tables = export.read_tables(Path(__file__).resolve().parents[1] / "results" / "vision")
+    tables = export.read_tables(RESULTS / "vision")
     drawn = []
     monkeypatch.setattr(export, "plot_all", lambda records, *args, **kwargs: drawn.append(records) or [])
     export.write_plots(tables, tmp_path)
@@ -175,10 +173,8 @@ def test_the_plots_draw_the_grids_trials_only(monkeypatch, tmp_path) -> None:
 
 
 def test_the_leaderboard_reads_the_runs_own_sensitivity_window() -> None:
-    from pathlib import Path
-
     from normfree_bench.tables.export import read_tables
 
-    tables = read_tables(Path(__file__).resolve().parents[1] / "results" / "affine")
+    tables = read_tables(RESULTS / "affine")
     assert tables.record["sweep"]["sensitivity_window"] == [0.001, 0.1]  # the grid's own edges, not the default
     assert len(tables.rows) == 6 and all(isinstance(r["lr_sensitivity"], float) for r in tables.rows)
