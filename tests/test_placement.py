@@ -184,3 +184,14 @@ def test_the_study_grid_pivots_cells_and_never_gives_a_failed_cell_a_sensitivity
     assert body == [["layernorm", "0.2500 (sens. 0.660)", "0.3000"],
                     ["dyt", "✗ no learning: 2.3000", "✗ diverged: -"]]
     assert study_grid(rows, []) is None
+
+
+def test_the_study_grid_marks_a_trained_cell_whose_held_out_seeds_stalled() -> None:
+    from normfree_bench.tables.leaderboard import HELDOUT_STALLED
+
+    rows = [{"baseline": "layernorm", "model.placement": "post", "verdict": "trained", "best_val_loss": 2.7658,
+             "lr_sensitivity": 0.496, "note": f"2/2 {HELDOUT_STALLED} (mean 3.359 >= 3.227): did not reproduce"},
+            {"baseline": "layernorm", "model.placement": "pre", "verdict": "trained", "best_val_loss": 2.6621,
+             "lr_sensitivity": 0.241, "note": None}]
+    _, body = study_grid(rows, ["model.placement"])
+    assert body == [["layernorm", "2.7658 (sens. 0.496) ⚠ held-out seeds stalled", "2.6621 (sens. 0.241)"]]

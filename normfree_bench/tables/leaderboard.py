@@ -60,7 +60,10 @@ from scipy import stats
 from normfree_bench.config import SweepConfig
 from normfree_bench.sweep.selection import best_lr_of, capped_loss, lr_curve
 
-__all__ = ["COLUMN_DOCS", "LEADERBOARD_COLUMNS", "capped_loss", "holm", "summarize", "trials_at_best_lr"]
+HELDOUT_STALLED = "held-out seeds stalled at best_lr"  # in the note of a trained cell that did not reproduce
+
+__all__ = ["COLUMN_DOCS", "HELDOUT_STALLED", "LEADERBOARD_COLUMNS", "capped_loss", "holm", "summarize",
+           "trials_at_best_lr"]
 
 REFERENCE = SweepConfig.reference  # the default reference scheme, from the config's default
 WINDOW = tuple(SweepConfig().sensitivity_window)
@@ -336,7 +339,7 @@ def _cell_row(baseline: str, axes: Sequence[str], cell: Cell, tune: Sequence[Rec
         stable, stable_censored = max_stable_lr(groups, best)
         held_stalled = sum(loss >= stall_at for loss in held)
         if h_mean is not None and h_mean >= stall_at:  # the chosen LR learned on the tuning seed only
-            note = "; ".join(n for n in (note, f"{held_stalled}/{len(held)} held-out seeds stalled at best_lr "
+            note = "; ".join(n for n in (note, f"{held_stalled}/{len(held)} {HELDOUT_STALLED} "
                                          f"(mean {h_mean:.4g} >= {stall_at:.4g}): the tuning seed's loss did not "
                                          "reproduce") if n)
         row.update(lr_sensitivity=sensitivity, lr_basin_decades=width, lr_basin_censored=basin_censored,

@@ -23,7 +23,7 @@ from tabulate import tabulate
 
 from normfree_bench.errors import UserError
 from normfree_bench.io import jsonable
-from normfree_bench.tables.leaderboard import LEADERBOARD_COLUMNS
+from normfree_bench.tables.leaderboard import HELDOUT_STALLED, LEADERBOARD_COLUMNS
 
 FORMATS = ("github", "psql", "latex", "html", "csv", "json")
 # Columns a reader needs in a text table, in order; CSV/JSON carry every column.
@@ -132,14 +132,15 @@ def render(rows: list[dict[str, Any]], fmt: str = "github", axes: Sequence[str] 
 
 
 STUDY_TITLE = ("The study at a glance: one row per scheme, one column per cell of the swept axes; each cell is the "
-               "best validation loss over the LR grid and its LR sensitivity, or the verdict of a failed cell.")
+               "best validation loss over the LR grid and its LR sensitivity (⚠ when the held-out seeds stalled), "
+               "or the verdict of a failed cell.")
 
 
 def study_grid(rows: list[dict[str, Any]], axes: Sequence[str]) -> tuple[list[str], list[list[str]]] | None:
     """The leaderboard of a sweep with axes pivoted to one row per scheme and one column per cell, an axis named
     by its key alone (``layernorm.affine`` and ``dyt.affine`` share the ``affine`` columns; ``model.placement``
-    is ``placement``): each cell ``loss (sens. s)`` for a trained cell, ``✗ <verdict>: loss`` for a failed one.
-    None without axes."""
+    is ``placement``): each cell ``loss (sens. s)`` for a trained cell (marked when its held-out seeds stalled),
+    ``✗ <verdict>: loss`` for a failed one. None without axes."""
     if not axes or not rows:
         return None
     columns: list[str] = []
@@ -155,6 +156,8 @@ def study_grid(rows: list[dict[str, Any]], axes: Sequence[str]) -> tuple[list[st
         else:
             sens = r.get("lr_sensitivity")
             text = loss + (f" (sens. {_fmt('lr_sensitivity', sens, {})})" if sens is not None else "")
+            if HELDOUT_STALLED in (r.get("note") or ""):  # trained on the tuning seed alone: not a result
+                text += " ⚠ held-out seeds stalled"
         cells.setdefault(r["baseline"], {})[key] = text
     return ["scheme", *columns], [[name, *(by.get(c, "") for c in columns)] for name, by in cells.items()]
 
