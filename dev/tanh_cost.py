@@ -1,4 +1,4 @@
-"""What the fused DyT forward costs on this CPU beyond moving memory: the compiled rational tanh against a
+"""What the fused DyT forward costs on this CPU beyond moving memory: the C++ kernel's forward against a
 compiled kernel that moves the same bytes with only DyT's affine arithmetic, and a plain copy.
 
 Usage: ``.venv/bin/python dev/tanh_cost.py [--widths 256,1024] [--tokens 4096] [--min-run-time 0.3]``
@@ -6,7 +6,7 @@ Usage: ``.venv/bin/python dev/tanh_cost.py [--widths 256,1024] [--tokens 4096] [
 Each row times, on fp32 (tokens x width), with the speed suite's own timer and copy floor
 (`normfree_bench.tools.speed.measure`, `copy_floor`: the median over ``--min-run-time`` seconds):
 ``copy`` (x copied into a preallocated tensor), ``layernorm`` (torch's eager kernel), ``dyt_fused`` (the forward that
-``model.norm_impl: fused`` runs on CPU: `normfree_bench.core.fused._rational_forward`, compiled), and
+``model.norm_impl: fused`` runs on CPU: `normfree_bench.core.fused.cpu_kernel`, tanh not kept), and
 ``affine_only`` (``gamma * (alpha x) + beta`` compiled: DyT's memory traffic without tanh). The gap between
 ``dyt_fused`` and ``affine_only`` is the cost of tanh's arithmetic. Not a benchmark of the project's
 layers (``normfree-bench speed`` is): a probe of where the fused form's time goes. Run it alone.
@@ -19,7 +19,7 @@ from functools import partial
 
 import torch
 
-from normfree_bench.core.fused import _rational_forward
+from normfree_bench.core.fused import cpu_kernel
 from normfree_bench.tools.speed import copy_floor, measure
 
 
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tokens", type=int, default=4096)
     p.add_argument("--min-run-time", type=float, default=0.3, help="seconds per measurement")
     args = p.parse_args(argv)
-    fused, affine = torch.compile(_rational_forward), torch.compile(affine_only)
+    fused, affine = cpu_kernel().forward, torch.compile(affine_only)
     print("| width | copy ms | layernorm ms | dyt_fused ms | affine_only ms | dyt_fused / copy |")
     print("|---|---|---|---|---|---|")
     for width in (int(w) for w in args.widths.split(",")):
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
         t = args.min_run_time
         with torch.no_grad():
             row = [1e3 * copy_floor(x, t), 1e3 * measure(partial(ln, x), t)[0],
-                   1e3 * measure(partial(fused, x, alpha, weight, bias, None, 1.0), t)[0],
+                   1e3 * measure(partial(fused, x, alpha, x.new_empty(0), weight, bias, 1.0, False), t)[0],
                    1e3 * measure(partial(affine, x, alpha, weight, bias), t)[0]]
         print(f"| {width} | " + " | ".join(f"{v:.3f}" for v in row) + f" | {row[2] / row[0]:.1f}× |")
 

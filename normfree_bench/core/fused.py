@@ -16,27 +16,26 @@ autograd graph of four element-wise ops):
   Saved: x (for dalpha) and sigma; f'(u) = 2k sigma (1 - sigma), so tanh's ``alpha (1 - y^2) gamma``
   comes from torch's fused ``sigmoid_backward`` kernel (one pass).
   That is the float64 form (what ``torch.autograd.gradcheck`` checks) and the form on any device without
-  the compiled path below.
-- **CPU, fp32/bf16/fp16, tanh and centred sigmoid: compiled.** ``2 sigmoid(u) - 1 = tanh(u / 2)``, so both
-  forms are ``gamma * tanh(c (alpha x + s)) + beta`` (c = 1 for tanh, 1/2 for the centred sigmoid). torch.tanh
-  is not vectorised on CPU and inductor's tanh and sigmoid still cost several times LayerNorm's kernel, so
-  tanh is the rational minimax approximation that Eigen and XLA use for float tanh (odd degree-13 numerator,
-  even degree-6 denominator on [-7.905, 7.905]; beyond it, +-1 is within 3e-7 of tanh); coefficients
-  `TANH_NUM`, `TANH_DEN` from Eigen's ``generic_fast_tanh_float``,
-  https://gitlab.com/libeigen/eigen/-/blob/master/Eigen/src/Core/MathFunctionsImpl.h): only multiply-adds
-  and one division, which inductor vectorises. Measured against float64 tanh over [-30, 30] in fp32: at most
-  3.5e-7 relative and absolute error (tests/test_fused_norms.py). Forward and backward are each one
-  ``torch.compile``d function (one kernel each): the forward reads x and writes y; the backward reads dy
-  and x, recomputes tanh, writes dx and reduces dalpha, dgamma, dbeta and ds in the same kernel.
-  Compiled once per shape and dtype (inductor's C++ backend, as ``norm_impl: compiled``).
+  the C++ kernel below.
+- **CPU, fp32/bf16/fp16, tanh and centred sigmoid: a C++ kernel** (fused_cpu.cpp, built for the host on
+  first use: `cpu_kernel`). ``2 sigmoid(u) - 1 = tanh(u / 2)``, so both forms are
+  ``gamma * tanh(c (alpha x + s)) + beta`` (c = 1 for tanh, 1/2 for the centred sigmoid). torch.tanh is not
+  vectorised on CPU, and ``torch.compile`` of any form of the layer costs a guard check and an autograd
+  graph around two generated kernels whose column sums (dgamma, dbeta) walk every row per 16 channels; the
+  kernel instead evaluates tanh as the rational minimax approximation that Eigen and XLA use for float tanh
+  (multiply-adds and one reciprocal, 16 lanes at a time; within `KERNEL_TANH_ERR` of float64 tanh,
+  tests/test_fused_norms.py). Forward: one pass that reads x and writes y, and also tanh when x has at most
+  `SAVE_TANH_MAX_ELEMENTS` elements. Backward: one pass that reads dy and x (and the saved tanh, else it
+  recomputes it), writes dx and sums dalpha, dgamma, dbeta and ds per fixed chunk of rows (so the sums do
+  not depend on the thread count). bf16 and fp16 inputs are converted to fp32 around the kernel.
 - ``erf`` (Derf): no cheaper primitive than torch.erf exists. Saved: x, u = alpha x + s and erf(u);
   f'(u) = 2 / sqrt(pi) exp(-u^2).
 
 Computed in fp32 (or fp64 for fp64 inputs, so that ``torch.autograd.gradcheck`` can run in float64) and
 cast back to x's dtype, as `PointwiseNorm`'s eager forward. Precision against the eager module (torch.tanh,
-torch.erf; tests/test_fused_norms.py holds these): ``2 sigma - 1`` has an absolute error of a few fp32
-ulps of 1 (about 1e-7) where torch.tanh's is relative, so fp32 outputs and dx agree within ``FP32_ATOL``
-x their largest magnitude plus ``FP32_RTOL`` x each value; bf16 ones within one bf16 rounding
+torch.erf; tests/test_fused_norms.py holds these): ``2 sigma - 1`` and the kernel's rational tanh have an
+absolute error of a few fp32 ulps of 1 (up to 3e-7) where torch.tanh's is relative, so fp32 outputs and dx
+agree within ``FP32_ATOL`` x their largest magnitude plus ``FP32_RTOL`` x each value; bf16 ones within one bf16 rounding
 (``BF16_ATOL``, ``BF16_RTOL``); parameter gradients, sums over all tokens in another order, within
 ``SUM_RTOL`` x their largest magnitude.
 
@@ -52,11 +51,17 @@ rsqrt), so a hand-written Function would save little; ``torch.compile`` fuses th
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from normfree_bench.errors import UserError
 
 FORMS: dict[str, float] = {"tanh": 2.0, "sigmoid": 1.0, "erf": 0.0}  # form -> k of 2 sigmoid(k u) - 1 (0: erf)
 TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
@@ -161,104 +166,75 @@ class _ErfForm(torch.autograd.Function):
         return (*_through_u(ctx, du, x, alpha), dgamma, dbeta, dshift, None)
 
 
-# tanh(u) ~ u P(u^2) / Q(u^2) for |u| <= TANH_CLAMP (Eigen's generic_fast_tanh_float; see the module docstring).
-TANH_CLAMP = 7.90531110763549805
-TANH_NUM = (4.89352455891786e-03, 6.37261928875436e-04, 1.48572235717979e-05, 5.12229709037114e-08,
-            -8.60467152213735e-11, 2.00018790482477e-13, -2.76076847742355e-16)
-TANH_DEN = (4.89352518554385e-03, 2.26843463243900e-03, 1.18534705686654e-04, 1.19825839466702e-06)
 TANH_SCALE = {"tanh": 1.0, "sigmoid": 0.5}  # form -> c of gamma tanh(c (alpha x + s)) + beta
-COMPILED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-RATIONAL_TANH_ERR = 4e-7  # |rational_tanh - tanh| in fp32 (measured: 3.5e-7 at the clamp)
+KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+KERNEL_TANH_ERR = 4e-7  # |the kernel's tanh - tanh| in fp32 (measured: 2.8e-7 over [-30, 30])
+# The forward keeps tanh for the backward up to this many elements (8 MiB of fp32) and the backward recomputes
+# it beyond: on the 2-core reference machine (32 MiB L3), fp32 4096 tokens, forward+backward with tanh kept
+# against recomputed: 0.36 against 0.44 ms at width 256 (the arithmetic saved), 3.3 against 2.4 ms at 1024
+# (an extra tensor written and read from memory costs more than the arithmetic).
+SAVE_TANH_MAX_ELEMENTS = 2**21
 
 
-def rational_tanh(u: torch.Tensor) -> torch.Tensor:
-    """tanh(u) from multiply-adds and one division (Horner in u^2); within `RATIONAL_TANH_ERR` in fp32."""
-    u = u.clamp(-TANH_CLAMP, TANH_CLAMP)
-    u2 = u * u
-    num = TANH_NUM[-1]
-    for coef in reversed(TANH_NUM[:-1]):
-        num = num * u2 + coef
-    den = TANH_DEN[-1]
-    for coef in reversed(TANH_DEN[:-1]):
-        den = den * u2 + coef
-    return u * num / den
+CPU_KERNEL_SOURCE = Path(__file__).with_name("fused_cpu.cpp")
+CPU_KERNEL_FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp"]
 
 
-def _rational_forward(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                      shift: torch.Tensor | None, c: float) -> torch.Tensor:
-    u = alpha * x.float()
-    if shift is not None:
-        u = u + shift
-    y = weight * rational_tanh(c * u)
-    if bias is not None:
-        y = y + bias
-    return y.to(x.dtype)
+@functools.cache
+def cpu_kernel() -> Any:
+    """The tanh forms' CPU kernel (fused_cpu.cpp: ``forward``, ``backward``), built for this machine on first use.
+
+    Built with ``torch.utils.cpp_extension.load`` (a C++ compiler and ninja, as ``torch.compile``'s CPU backend
+    needs a compiler) with ``-O3 -march=native`` (the host's vector width: AVX-512 where it has it) and OpenMP,
+    whose runtime is the one torch already loaded (torch's ``libgomp.so.1``), so ``at::parallel_for`` uses
+    torch's threads. torch caches the build (``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``)
+    and rebuilds it when the source or the flags change: about 25 s on the 2-core reference machine, once.
+    A failed build is a `UserError` naming what is missing, raised when a model with ``norm_impl: fused`` is
+    built on CPU (normfree_bench.core.norm_impl), before any training."""
+    # Importing torch's extension builder logs a warning about CUDA_HOME on a machine without CUDA; this
+    # kernel is CPU-only, so that warning is silenced.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    from torch.utils.cpp_extension import load
+
+    try:
+        return load(name="normfree_bench_fused_cpu", sources=[str(CPU_KERNEL_SOURCE)], extra_cflags=CPU_KERNEL_FLAGS,
+                    extra_ldflags=["-fopenmp"], verbose=False)
+    except (RuntimeError, OSError, ImportError, subprocess.SubprocessError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"model.norm_impl 'fused' on CPU builds a C++ kernel, and the build failed ({reason}); "
+                        "it needs a C++ compiler and ninja; valid without them: eager") from err
 
 
-def _rational_backward(g: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor,
-                       shift: torch.Tensor | None, c: float) -> tuple[torch.Tensor, ...]:
-    """(dx, dalpha, dgamma, dbeta, ds) for 2-D g and x: dv = dL/d(alpha x + s) = c gamma g (1 - t^2)."""
-    xf, gf = x.float(), g.float()
-    u = alpha * xf
-    if shift is not None:
-        u = u + shift
-    t = rational_tanh(c * u)
-    dv = gf * (weight * c) * (1 - t * t)
-    return ((dv * alpha).to(x.dtype), (dv * xf).sum().reshape(1), column_sums(gf * t), column_sums(gf),
-            dv.sum().reshape(1))
-
-
-COLUMN_BLOCK = 8  # rows summed first in `column_sums` (the fastest of 2, 4, ..., 32 at width 1024 here)
-
-
-def column_sums(t: torch.Tensor) -> torch.Tensor:
-    """``t.sum(0)`` of a (rows, channels) tensor, as sums over blocks of `COLUMN_BLOCK` rows, then over the
-    blocks. Compiled for a CPU, a plain ``sum(0)`` walks all rows for each 16-channel vector, one row (and at
-    width 1024 one 4 KiB page) per step; the blocked form walks 8 rows at a time across the channels. On the
-    2-core reference machine, fp32, 4096 rows: the two column sums of the fused backward (with tanh recomputed)
-    3.4 -> 1.4 ms at width 1024, unchanged at 256; the whole fused forward+backward about 6.6 -> 5.1 ms at 1024.
-    A row count that is not a multiple of the block sums plainly."""
-    rows, channels = t.shape
-    if rows % COLUMN_BLOCK:
-        return t.sum(0)
-    return t.view(rows // COLUMN_BLOCK, COLUMN_BLOCK, channels).sum(1).sum(0)
-
-
-_compiled: dict[str, Any] = {}
-
-
-def _compiled_fn(name: str) -> Any:
-    """``torch.compile`` of `_rational_forward` or `_rational_backward`, made on first use."""
-    if name not in _compiled:
-        _compiled[name] = torch.compile(_rational_forward if name == "forward" else _rational_backward)
-    return _compiled[name]
-
-
-class _CompiledTanhForm(torch.autograd.Function):
-    """``gamma * tanh(c (alpha x + s)) + beta`` on CPU: one compiled forward kernel, one compiled backward."""
+class _KernelTanhForm(torch.autograd.Function):
+    """``gamma * tanh(c (alpha x + s)) + beta`` on CPU: the C++ kernel's forward and backward (fused_cpu.cpp)."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 shift: torch.Tensor | None, c: float) -> torch.Tensor:
-        x2 = x.reshape(-1, x.shape[-1])
-        ctx.save_for_backward(x2, alpha, weight, shift)
-        ctx.c, ctx.has_bias, ctx.has_shift, ctx.shape = c, bias is not None, shift is not None, x.shape
-        return _compiled_fn("forward")(x2, alpha, weight, bias, shift, c).reshape(x.shape)
+        x2 = x.reshape(-1, x.shape[-1]).float().contiguous()
+        empty = x2.new_empty(0)
+        shift_, bias_ = (shift if shift is not None else empty), (bias if bias is not None else empty)
+        y, t = cpu_kernel().forward(x2, alpha, shift_, weight, bias_, c, x2.numel() <= SAVE_TANH_MAX_ELEMENTS)
+        ctx.save_for_backward(x2, t, alpha, weight, shift_)
+        ctx.c, ctx.has_bias, ctx.has_shift = c, bias is not None, shift is not None
+        ctx.shape, ctx.dtype = x.shape, x.dtype
+        return y.to(x.dtype).reshape(x.shape)
 
     @staticmethod
     def backward(ctx: Any, dout: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x2, alpha, weight, shift = ctx.saved_tensors
-        g = dout.reshape(-1, dout.shape[-1])
-        dx, dalpha, dgamma, dbeta, dshift = _compiled_fn("backward")(g, x2, alpha, weight, shift, ctx.c)
+        x2, t, alpha, weight, shift = ctx.saved_tensors
+        g = dout.reshape(x2.shape).float().contiguous()
+        dx, dalpha, dgamma, dbeta, dshift = cpu_kernel().backward(g, x2, t, alpha, shift, weight, ctx.c)
         need = ctx.needs_input_grad
-        return (dx.reshape(ctx.shape) if need[0] else None, dalpha if need[1] else None,
-                dgamma if need[2] else None, dbeta if ctx.has_bias and need[3] else None,
-                dshift if ctx.has_shift and need[4] else None, None)
+        return (dx.to(ctx.dtype).reshape(ctx.shape) if need[0] else None,
+                dalpha.reshape(alpha.shape) if need[1] else None, dgamma if need[2] else None,
+                dbeta if ctx.has_bias and need[3] else None,
+                dshift.reshape(shift.shape) if ctx.has_shift and need[4] else None, None)
 
 
-def _use_compiled(x: torch.Tensor, form: str) -> bool:
-    """The compiled rational-tanh path: CPU tensors of fp32, bf16 or fp16, forms tanh and centred sigmoid."""
-    return x.device.type == "cpu" and x.dtype in COMPILED_DTYPES and form in TANH_SCALE
+def uses_kernel(x: torch.Tensor, form: str) -> bool:
+    """The C++ kernel's path: CPU tensors of fp32, bf16 or fp16, forms tanh and centred sigmoid."""
+    return x.device.type == "cpu" and x.dtype in KERNEL_DTYPES and form in TANH_SCALE
 
 
 def _use_triton(x: torch.Tensor) -> bool:
@@ -284,8 +260,8 @@ def fused_pointwise(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, 
         from normfree_bench.core.fused_triton import TritonPointwise
 
         return TritonPointwise.apply(x.contiguous(), alpha, weight, bias, shift, form)
-    if _use_compiled(x, form):
-        return _CompiledTanhForm.apply(x, alpha, weight, bias, shift, TANH_SCALE[form])
+    if uses_kernel(x, form):
+        return _KernelTanhForm.apply(x, alpha, weight, bias, shift, TANH_SCALE[form])
     if form == "erf":
         return _ErfForm.apply(x, alpha, weight, bias, shift, 0.0)
     return _SigmoidForm.apply(x, alpha, weight, bias, shift, FORMS[form])

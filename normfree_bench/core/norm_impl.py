@@ -9,7 +9,8 @@ stay the same, so a baseline plugin writes its ``norm`` hook once and every impl
 - ``compiled``: ``module.compile()``, in place (``torch.compile`` of its forward; the state dict keeps its keys).
 - ``fused``: the fastest single-kernel form available.
   `PointwiseNorm` with f = tanh (DyT), erf (Derf) or the centred sigmoid: the autograd Functions of
-  normfree_bench.core.fused (Triton kernels on CUDA). ``nn.LayerNorm`` (timm's too): its eager module,
+  normfree_bench.core.fused (a C++ kernel on CPU for the tanh forms, built when the model is built;
+  Triton kernels on CUDA). ``nn.LayerNorm`` (timm's too): its eager module,
   which already runs torch's fused native layer-norm kernel on CPU and CUDA. ``nn.RMSNorm``: its eager
   module, whose ``F.rms_norm`` dispatches to ``torch._fused_rms_norm``, a fused kernel on CUDA (on CPU,
   torch 2.14's is a composite of element-wise ops and reductions, and torch has no faster one).
@@ -28,7 +29,7 @@ from torch import nn
 
 from normfree_bench.config import NORM_IMPLS, unknown_choice
 from normfree_bench.core.baseline import ModelView
-from normfree_bench.core.fused import fused_form
+from normfree_bench.core.fused import TANH_SCALE, cpu_kernel, fused_form
 from normfree_bench.core.layers import PointwiseNorm, Scale, Shift
 from normfree_bench.errors import UserError
 
@@ -76,6 +77,8 @@ def implement(module: nn.Module, impl: str, where: str = "this norm") -> nn.Modu
         module.compile()
     elif isinstance(module, PointwiseNorm):
         module.fused_form = fused_form(module.fn)
+        if module.fused_form in TANH_SCALE and module.alpha.device.type == "cpu":
+            cpu_kernel()  # built (or found built) now: a build failure stops before any training
     return module
 
 

@@ -5,7 +5,8 @@ Usage: ``normfree-bench speed --out runs/speed``  (``--overhead`` times the harn
 Layer benchmark: each baseline's norm module at the ``attn`` site on a (tokens, width) tensor, forward
 and forward+backward, fp32 and bf16 (where the device supports it), in each implementation it has
 (``impl``, normfree_bench.core.norm_impl): ``eager`` (the module), ``compiled`` (``torch.compile``) and
-``fused`` (DyT, Derf, the centred sigmoid: one autograd Function, Triton on CUDA). LayerNorm's and
+``fused`` (DyT, Derf, the centred sigmoid: one autograd Function; for the tanh forms a C++ kernel on
+CPU and Triton on CUDA). LayerNorm's and
 RMSNorm's fused form is their eager module (torch's native kernel), so it is not timed twice.
 Model benchmark: training-step and inference tokens/s of the whole Transformer per baseline at three
 sizes, with ``model.norm_impl`` eager, compiled and fused, and the whole model under ``torch.compile``
@@ -22,7 +23,8 @@ sizes, with ``model.norm_impl`` eager, compiled and fused, and the whole model u
   fastest implementation at the same width, dtype and mode;
 - the floor: ``min_bytes`` is what the layer must move at least, 2 N elements forward (read x, write y)
   and 5 N forward+backward (also read dy and x, write dx; x, not a saved y, because dalpha needs it),
-  N = tokens x width in x's dtype, parameters (O(width)) neglected; ``copy_ms`` is the time of a
+  N = tokens x width in x's dtype, parameters (O(width)) neglected (an implementation may move more: the
+  CPU kernel keeps tanh for the backward on small tensors, 7 N in all); ``copy_ms`` is the time of a
   same-size tensor copy (``dst.copy_(x)``: 2 N elements) measured in the same run, ``floor_ms`` that
   copy's time scaled to ``min_bytes``, ``vs_floor = time_ms / floor_ms`` (1 = as fast as a copy);
 - bandwidth = ``min_bytes`` / time, and % of peak bandwidth on known GPUs.
