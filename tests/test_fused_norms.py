@@ -48,25 +48,46 @@ def params(d: int, bias: bool, shift: bool, dtype: torch.dtype = torch.float64, 
 
 
 # ---- the fused Functions -------------------------------------------------------------------------
-@pytest.mark.parametrize("form", list(FORMS))
-@pytest.mark.parametrize("bias, shift", [(True, True), (False, False), (True, False), (False, True)])
-def test_fused_function_passes_gradcheck_in_float64(form: str, bias: bool, shift: bool) -> None:
-    x = (2 * torch.randn(3, 4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))).requires_grad_()
-    alpha, weight, beta, s = params(5, bias, shift)
+def gradcheck_fused(fn, bias: bool, shift: bool, width: int = 11) -> tuple:
+    """``torch.autograd.gradcheck`` of ``fn(x, alpha, weight, beta, s)`` in float64 (beta and s may be None,
+    then not passed to gradcheck), and its output against ``gamma f(alpha x + s) + beta`` written out."""
+    x = (2 * torch.randn(3, 4, width, dtype=torch.float64, generator=torch.Generator().manual_seed(1)))
+    x.requires_grad_()
+    alpha, weight, beta, s = params(width, bias, shift)
     inputs = tuple(t for t in (x, alpha, weight, beta, s) if t is not None)
 
-    def fn(*ts: torch.Tensor) -> torch.Tensor:
+    def call(*ts: torch.Tensor) -> torch.Tensor:
         it = iter(ts)
         xx, a, w = next(it), next(it), next(it)
-        b = next(it) if bias else None
-        sh = next(it) if shift else None
-        return fused_pointwise(xx, a, w, b, sh, form)
+        return fn(xx, a, w, next(it) if bias else None, next(it) if shift else None)
 
-    assert gradcheck(fn, inputs)
+    assert gradcheck(call, inputs)
+    return call(*inputs), (x, alpha, weight, beta, s)
+
+
+@pytest.mark.parametrize("form, save_tanh", [("tanh", True), ("tanh", False), ("sigmoid", True),
+                                              ("sigmoid", False), ("erf", False)])
+@pytest.mark.parametrize("bias, shift", [(True, True), (False, False), (True, False), (False, True)])
+def test_fused_function_passes_gradcheck_in_float64(monkeypatch, form: str, save_tanh: bool, bias: bool,
+                                                    shift: bool) -> None:
+    """What ``norm_impl: fused`` runs on CPU: the C++ kernel for tanh and the centred sigmoid (its fp64 code,
+    with tanh kept and recomputed; width 11 is one whole 8-lane vector and a tail), the erf Function."""
+    monkeypatch.setattr(fused, "SAVE_TANH_MAX_ELEMENTS", 10**9 if save_tanh else 0)
+    assert fused.uses_kernel(torch.empty(1, dtype=torch.float64), form) is (form != "erf")
+    out, (x, alpha, weight, beta, s) = gradcheck_fused(
+        lambda *ts: fused_pointwise(*ts, form=form), bias, shift)
     # gradcheck compares the backward with the forward; the forward against the formula itself:
-    u = alpha * x + (s if shift else 0)
-    expected = weight * FORMS[form](u) + (beta if bias else 0)
-    torch.testing.assert_close(fn(*inputs), expected, atol=1e-12, rtol=1e-12)
+    expected = weight * FORMS[form](alpha * x + (s if shift else 0)) + (beta if bias else 0)
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("form", ["tanh", "sigmoid"])
+@pytest.mark.parametrize("bias, shift", [(True, True), (False, False)])
+def test_the_sigmoid_form_for_devices_without_a_kernel_passes_gradcheck(form: str, bias: bool, shift: bool) -> None:
+    out, (x, alpha, weight, beta, s) = gradcheck_fused(
+        lambda *ts: fused._SigmoidForm.apply(*ts, fused.FORMS[form]), bias, shift)
+    expected = weight * FORMS[form](alpha * x + (s if shift else 0)) + (beta if bias else 0)
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=1e-12)
 
 
 def test_fused_function_skips_gradients_nobody_needs() -> None:
@@ -100,7 +121,7 @@ def test_the_kernels_tanh_is_within_its_documented_error_of_float64_tanh() -> No
 
 @pytest.mark.parametrize("dtype, device, form, kernel", [
     (torch.float32, "cpu", "tanh", True), (torch.bfloat16, "cpu", "sigmoid", True),
-    (torch.float64, "cpu", "tanh", False), (torch.float32, "cpu", "erf", False),
+    (torch.float64, "cpu", "tanh", True), (torch.float32, "cpu", "erf", False),
     (torch.float32, "meta", "tanh", False)])
 def test_the_kernel_path_is_taken_exactly_on_cpu_for_the_tanh_forms(dtype, device, form, kernel) -> None:
     assert fused.uses_kernel(torch.empty(2, 3, dtype=dtype, device=device), form) is kernel

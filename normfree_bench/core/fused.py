@@ -15,9 +15,8 @@ autograd graph of four element-wise ops):
   sigmoid in place, then ``out = 2 gamma sigma + (beta - gamma)`` (one ``addcmul``): three passes.
   Saved: x (for dalpha) and sigma; f'(u) = 2k sigma (1 - sigma), so tanh's ``alpha (1 - y^2) gamma``
   comes from torch's fused ``sigmoid_backward`` kernel (one pass).
-  That is the float64 form (what ``torch.autograd.gradcheck`` checks) and the form on any device without
-  the C++ kernel below.
-- **CPU, fp32/bf16/fp16, tanh and centred sigmoid: a C++ kernel** (fused_cpu.cpp, built for the host on
+  That is the form on any device without the C++ kernel below or a Triton kernel (CUDA's float64 too).
+- **CPU, tanh and centred sigmoid: a C++ kernel** (fused_cpu.cpp, built for the host on
   first use: `cpu_kernel`). ``2 sigmoid(u) - 1 = tanh(u / 2)``, so both forms are
   ``gamma * tanh(c (alpha x + s)) + beta`` (c = 1 for tanh, 1/2 for the centred sigmoid). torch.tanh is not
   vectorised on CPU, and ``torch.compile`` of any form of the layer costs a guard check and an autograd
@@ -27,7 +26,8 @@ autograd graph of four element-wise ops):
   tests/test_fused_norms.py). Forward: one pass that reads x and writes y, and also tanh when x has at most
   `SAVE_TANH_MAX_ELEMENTS` elements. Backward: one pass that reads dy and x (and the saved tanh, else it
   recomputes it), writes dx and sums dalpha, dgamma, dbeta and ds per fixed chunk of rows (so the sums do
-  not depend on the thread count). bf16 and fp16 inputs are converted to fp32 around the kernel.
+  not depend on the thread count). bf16 and fp16 inputs are converted to fp32 around the kernel. fp64 runs
+  the same code with exact tanh (std::tanh per lane): what ``torch.autograd.gradcheck`` checks.
 - ``erf`` (Derf): no cheaper primitive than torch.erf exists. Saved: x, u = alpha x + s and erf(u);
   f'(u) = 2 / sqrt(pi) exp(-u^2).
 
@@ -167,7 +167,7 @@ class _ErfForm(torch.autograd.Function):
 
 
 TANH_SCALE = {"tanh": 1.0, "sigmoid": 0.5}  # form -> c of gamma tanh(c (alpha x + s)) + beta
-KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 KERNEL_TANH_ERR = 4e-7  # |the kernel's tanh - tanh| in fp32 (measured: 2.8e-7 over [-30, 30])
 # The forward keeps tanh for the backward up to this many elements (8 MiB of fp32) and the backward recomputes
 # it beyond: on the 2-core reference machine (32 MiB L3), fp32 4096 tokens, forward+backward with tanh kept
@@ -211,7 +211,7 @@ class _KernelTanhForm(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 shift: torch.Tensor | None, c: float) -> torch.Tensor:
-        x2 = x.reshape(-1, x.shape[-1]).float().contiguous()
+        x2 = x.reshape(-1, x.shape[-1]).to(weight.dtype).contiguous()  # fp32, or fp64 for fp64
         empty = x2.new_empty(0)
         shift_, bias_ = (shift if shift is not None else empty), (bias if bias is not None else empty)
         y, t = cpu_kernel().forward(x2, alpha, shift_, weight, bias_, c, x2.numel() <= SAVE_TANH_MAX_ELEMENTS)
@@ -223,7 +223,7 @@ class _KernelTanhForm(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, dout: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x2, t, alpha, weight, shift = ctx.saved_tensors
-        g = dout.reshape(x2.shape).float().contiguous()
+        g = dout.reshape(x2.shape).to(x2.dtype).contiguous()
         dx, dalpha, dgamma, dbeta, dshift = cpu_kernel().backward(g, x2, t, alpha, shift, weight, ctx.c)
         need = ctx.needs_input_grad
         return (dx.to(ctx.dtype).reshape(ctx.shape) if need[0] else None,
@@ -233,7 +233,7 @@ class _KernelTanhForm(torch.autograd.Function):
 
 
 def uses_kernel(x: torch.Tensor, form: str) -> bool:
-    """The C++ kernel's path: CPU tensors of fp32, bf16 or fp16, forms tanh and centred sigmoid."""
+    """The C++ kernel's path: CPU tensors of fp32, bf16, fp16 or fp64, forms tanh and centred sigmoid."""
     return x.device.type == "cpu" and x.dtype in KERNEL_DTYPES and form in TANH_SCALE
 
 
