@@ -54,7 +54,10 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
+import shutil
 import subprocess
+import sysconfig
 from pathlib import Path
 from typing import Any
 
@@ -184,17 +187,22 @@ CPU_KERNEL_FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp"]
 def cpu_kernel() -> Any:
     """The tanh forms' CPU kernel (fused_cpu.cpp: ``forward``, ``backward``), built for this machine on first use.
 
-    Built with ``torch.utils.cpp_extension.load`` (a C++ compiler and ninja, as ``torch.compile``'s CPU backend
-    needs a compiler) with ``-O3 -march=native`` (the host's vector width: AVX-512 where it has it) and OpenMP,
-    whose runtime is the one torch already loaded (torch's ``libgomp.so.1``), so ``at::parallel_for`` uses
-    torch's threads. torch caches the build (``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``)
-    and rebuilds it when the source or the flags change: about 25 s on the 2-core reference machine, once.
+    Built with ``torch.utils.cpp_extension.load``: a C++ compiler (as ``torch.compile``'s CPU backend needs)
+    and ninja (the ``ninja`` package is a dependency; its script folder is put on PATH when ninja is not
+    there). Flags ``-O3 -march=native`` (the host's vector width: AVX-512 where it has it) and OpenMP, whose
+    runtime is the one torch already loaded (torch's ``libgomp.so.1``), so ``at::parallel_for`` uses torch's
+    threads. torch caches the build (``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``) and
+    rebuilds it when the source or the flags change: about 25 s on the 2-core reference machine, once.
     A failed build is a `UserError` naming what is missing, raised when a model with ``norm_impl: fused`` is
     built on CPU (normfree_bench.core.norm_impl), before any training."""
     # Importing torch's extension builder logs a warning about CUDA_HOME on a machine without CUDA; this
     # kernel is CPU-only, so that warning is silenced.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from torch.utils.cpp_extension import load
+
+    scripts = sysconfig.get_path("scripts")  # where pip put the `ninja` dependency, off PATH in an unactivated venv
+    if shutil.which("ninja") is None and shutil.which("ninja", path=scripts):
+        os.environ["PATH"] = os.pathsep.join([scripts, os.environ.get("PATH", "")])
 
     try:
         return load(name="normfree_bench_fused_cpu", sources=[str(CPU_KERNEL_SOURCE)], extra_cflags=CPU_KERNEL_FLAGS,
