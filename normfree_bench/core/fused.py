@@ -174,8 +174,9 @@ KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 KERNEL_TANH_ERR = 4e-7  # |the kernel's tanh - tanh| in fp32 (measured: 2.8e-7 over [-30, 30])
 # The forward keeps tanh for the backward up to this many elements (8 MiB of fp32) and the backward recomputes
 # it beyond: on the 2-core reference machine (32 MiB L3), fp32 4096 tokens, forward+backward with tanh kept
-# against recomputed: 0.36 against 0.44 ms at width 256 (the arithmetic saved), 3.3 against 2.4 ms at 1024
-# (an extra tensor written and read from memory costs more than the arithmetic).
+# against recomputed, two probe runs of two rounds: 0.36-0.38 against 0.44-0.45 ms at width 256 (the arithmetic
+# saved; first rounds of 1.6-2.0 ms left out), 2.8-8.3 against 2.3-2.7 ms at 1024 (an extra tensor written and
+# read from memory costs more than the arithmetic).
 SAVE_TANH_MAX_ELEMENTS = 2**21
 
 
