@@ -12,8 +12,10 @@
 // tanh is the rational minimax approximation that Eigen and XLA use for float tanh (odd degree-13 numerator,
 // even degree-6 denominator, clamped to +-7.905; Eigen's generic_fast_tanh_float,
 // https://gitlab.com/libeigen/eigen/-/blob/master/Eigen/src/Core/MathFunctionsImpl.h), evaluated 16 lanes at a
-// time with GCC's vector extensions; where AVX-512 is compiled in, the one division is a 14-bit reciprocal
-// estimate refined by one Newton step (about 2^-28 relative), else a true division. NaN propagates (the clamp
+// time with GCC's vector extensions; the one division is a reciprocal estimate refined by one Newton step, 14-bit
+// with AVX-512 (about 2^-28 relative after the step), 12-bit with AVX2 (about 2^-23), else a true division. The clamp
+// and the estimate use the AVX-512 or AVX intrinsics: at 16 lanes on 8-lane AVX2, GCC would lower the vector
+// extensions' compare-select to scalar code (the kernel ran twice as slow so). NaN propagates (the clamp
 // keeps a NaN), and +-inf gives +-1 within 3e-7. fp64 (8 lanes) takes std::tanh per lane and a true division
 // instead, and otherwise the same code: it is what torch.autograd.gradcheck checks the kernel with.
 //
@@ -29,7 +31,7 @@
 #include <cstring>
 #include <vector>
 
-#if defined(__AVX512F__)
+#if defined(__AVX__)
 #include <immintrin.h>
 #endif
 
@@ -59,20 +61,39 @@ inline V splat(T s) {
 using vf = Vec<float>::type;
 using vd = Vec<double>::type;
 
+#if defined(__AVX__) && !defined(__AVX512F__)
+// A 16-lane vector as the two 8-lane AVX registers it is made of (GCC lowers the vector extensions' compare-select
+// to scalar code at this width, so clamp and reciprocal use the intrinsics half by half).
+union Halves {
+  vf v;
+  __m256 h[2];
+};
+#endif
+
 inline vf reciprocal(vf d) {
 #if defined(__AVX512F__)
   vf r = (vf)_mm512_rcp14_ps((__m512)d);
-  return r * (2.0f - d * r);
+#elif defined(__AVX__)
+  Halves e{d};
+  for (__m256& h : e.h) h = _mm256_rcp_ps(h);  // 12-bit estimate
+  vf r = e.v;
 #else
   return 1.0f / d;
+#endif
+#if defined(__AVX__)
+  return r * (2.0f - d * r);  // one Newton step
 #endif
 }
 
 // u clamped to [-CLAMP, CLAMP]; a NaN stays NaN.
 inline vf clamp(vf u) {
-#if defined(__AVX512F__)
   // max/min return their second operand when one is a NaN: u is second in both.
+#if defined(__AVX512F__)
   return (vf)_mm512_min_ps((__m512)splat(CLAMP), _mm512_max_ps((__m512)splat(-CLAMP), (__m512)u));
+#elif defined(__AVX__)
+  Halves a{u};
+  for (__m256& h : a.h) h = _mm256_min_ps(_mm256_set1_ps(CLAMP), _mm256_max_ps(_mm256_set1_ps(-CLAMP), h));
+  return a.v;
 #else
   u = u < -CLAMP ? splat(-CLAMP) : u;  // a NaN compares false both times and stays
   return u > CLAMP ? splat(CLAMP) : u;
