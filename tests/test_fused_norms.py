@@ -253,6 +253,18 @@ def test_a_scheme_without_a_fused_form_is_refused_when_the_model_is_built(tmp_pa
     assert not (out / "metrics.json").exists()
 
 
+def test_the_cpu_kernel_is_built_and_cached_per_cpu() -> None:
+    """-march=native builds for the host: CPUs with other instruction sets get other build folders (an AVX-512
+    build run on an AVX2 CPU dies on an illegal instruction), the same CPU the same one."""
+    avx2 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\nprocessor\t: 1\nflags\t\t: fpu sse2 avx avx2 fma\n"
+    avx512 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw\n"
+    arm = "processor\t: 0\nFeatures\t: fp asimd sve\n"
+    tags = {fused.cpu_build_tag(text) for text in (avx2, avx512, arm)}
+    assert len(tags) == 3 and all(len(t) == 8 for t in tags)
+    assert fused.cpu_build_tag(avx2) == fused.cpu_build_tag(avx2.replace("avx avx2", "avx2 avx"))
+    assert fused.cpu_kernel().__name__ == f"normfree_bench_fused_cpu_{fused.cpu_build_tag()}"
+
+
 def test_a_cpu_kernel_that_cannot_be_built_is_one_line_before_training(tmp_path, capsys, monkeypatch) -> None:
     """No compiler: a fresh extensions folder and a compiler that fails; the fused DyT model is refused."""
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))

@@ -52,9 +52,11 @@ rsqrt), so a hand-written Function would save little; ``torch.compile`` fuses th
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import math
 import os
+import platform
 import shutil
 import subprocess
 import sysconfig
@@ -184,6 +186,22 @@ CPU_KERNEL_SOURCE = Path(__file__).with_name("fused_cpu.cpp")
 CPU_KERNEL_FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp"]
 
 
+def cpu_build_tag(cpuinfo: str | None = None) -> str:
+    """8 hex digits naming this CPU's instruction sets: the kernel's build folder and module are named with it,
+    because ``-march=native`` builds for the host and torch's build cache does not know the host (a home
+    folder shared by machines with different CPUs, as on a cluster sharing one study, would otherwise run
+    an AVX-512 build on a CPU without AVX-512). From the ``flags`` (x86) or ``Features`` (Arm) line of
+    ``cpuinfo`` (default: /proc/cpuinfo), else the platform's processor name."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            cpuinfo = ""
+    line = next((ln for ln in cpuinfo.splitlines() if ln.split(":")[0].strip() in ("flags", "Features")), None)
+    features = " ".join(sorted(line.split(":", 1)[1].split())) if line else platform.processor()
+    return hashlib.sha256(f"{platform.machine()} {features}".encode()).hexdigest()[:8]
+
+
 @functools.cache
 def cpu_kernel() -> Any:
     """The tanh forms' CPU kernel (fused_cpu.cpp: ``forward``, ``backward``), built for this machine on first use.
@@ -192,8 +210,9 @@ def cpu_kernel() -> Any:
     and ninja (the ``ninja`` package is a dependency; its script folder is put on PATH when ninja is not
     there). Flags ``-O3 -march=native`` (the host's vector width: AVX-512 where it has it) and OpenMP, whose
     runtime is the one torch already loaded (torch's ``libgomp.so.1``), so ``at::parallel_for`` uses torch's
-    threads. torch caches the build (``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``) and
-    rebuilds it when the source or the flags change: about 25 s on the 2-core reference machine, once.
+    threads. torch caches the build (``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``), one
+    per CPU (`cpu_build_tag`), and rebuilds it when the source or the flags change: about 25 s on the 2-core
+    reference machine, once.
     A failed build is a `UserError` naming what is missing, raised when a model with ``norm_impl: fused`` is
     built on CPU (normfree_bench.core.norm_impl), before any training."""
     # Importing torch's extension builder logs a warning about CUDA_HOME on a machine without CUDA; this
@@ -206,8 +225,8 @@ def cpu_kernel() -> Any:
         os.environ["PATH"] = os.pathsep.join([scripts, os.environ.get("PATH", "")])
 
     try:
-        return load(name="normfree_bench_fused_cpu", sources=[str(CPU_KERNEL_SOURCE)], extra_cflags=CPU_KERNEL_FLAGS,
-                    extra_ldflags=["-fopenmp"], verbose=False)
+        return load(name=f"normfree_bench_fused_cpu_{cpu_build_tag()}", sources=[str(CPU_KERNEL_SOURCE)],
+                    extra_cflags=CPU_KERNEL_FLAGS, extra_ldflags=["-fopenmp"], verbose=False)
     except (RuntimeError, OSError, ImportError, subprocess.SubprocessError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"model.norm_impl 'fused' on CPU builds a C++ kernel, and the build failed ({reason}); "
