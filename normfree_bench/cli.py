@@ -497,7 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile (the compiled implementation "
                    "and the whole-model compile)")
     p.add_argument("--impls", help="norm implementations to time, comma-separated (default eager,compiled,fused)")
-    p.add_argument("--min-run-time", type=float, help="seconds per measurement (default 0.3)")
+    p.add_argument("--min-run-time", type=float,
+                   help="seconds of calls per timed variant, taken in 15 blocks (default 0.3)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--overhead", action="store_true", help="harness trial vs bare PyTorch loop, same model and steps")
     p.add_argument("--suite", help="with --overhead: the suite whose model and steps to time (default: default)")

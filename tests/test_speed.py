@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import json
 import math
+import random
+import time
 
 import pytest
 
 from normfree_bench.cli import main
 from normfree_bench.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from normfree_bench.tools.overhead import bare_loop, measure_overhead
-from normfree_bench.tools.speed import SpeedSettings, add_ratios, run_speed
+from normfree_bench.tools.speed import ROUNDS, SpeedSettings, add_ratios, measure_interleaved, run_speed
 
 
 def tiny_settings(**kw) -> SpeedSettings:
@@ -38,6 +40,30 @@ def test_speed_eager_writes_tables_json_csv_and_plot(tmp_path):
     assert {"baseline", "time_ms", "gb_per_s", "train_tokens_per_s", "time_vs_layernorm"} <= set(header)
     assert (tmp_path / "speed.png").read_bytes()[:4] == b"\x89PNG"
     assert "layer benchmark" in (tmp_path / "speed.md").read_text()
+
+
+def test_timings_are_medians_over_blocks_taken_in_turn_with_their_spread():
+    """Every function is timed in ROUNDS blocks, the functions' blocks alternating (a drift in the machine's
+    speed reaches all of them), and the interquartile range is the spread of those blocks."""
+    log: list[str] = []
+    rng = random.Random(0)
+
+    def steady() -> None:
+        log.append("steady")
+        time.sleep(0.001)
+
+    def jumpy() -> None:
+        log.append("jumpy")
+        time.sleep(rng.choice([0.0005, 0.003]))
+
+    timed = measure_interleaved({"steady": steady, "jumpy": jumpy}, min_run_time=0.03)
+    timing = log[log.index("jumpy") + 4:]  # after each one's warm-up and sizing calls
+    switches = sum(a != b for a, b in zip(timing, timing[1:]))
+    assert switches >= 2 * ROUNDS - 2
+    median, iqr = timed["steady"]
+    assert 0.001 <= median < 0.002 and iqr < median
+    median, iqr = timed["jumpy"]
+    assert 0.0005 <= median <= 0.003 and iqr > 0
 
 
 def test_bandwidth_counts_bytes_moved():

@@ -13,11 +13,16 @@ sizes, with ``model.norm_impl`` eager, compiled and fused, and the whole model u
 (``compiled`` column, eager norms); the norm sites' share of the step time from a profiler trace
 (normfree_bench.tools.norm_share); MFU against the device's peak on GPU. Method:
 
-- timings come from ``torch.utils.benchmark.Timer.blocked_autorange`` (it synchronises CUDA, warms
-  up and repeats), reported as the median with the interquartile range; forward+backward is
+- a timing is the median over ``ROUNDS`` blocks of calls (CUDA synchronised around each block; a block's
+  call count is sized to ``min_run_time / ROUNDS``), with the interquartile range of those blocks; in
+  the layer benchmark every variant at one width and dtype, and the copy that sets the floor, are timed
+  block by block in turn (``measure_interleaved``), so a change in the machine's speed during the cell
+  reaches all of them alike and the ratios between them hold; forward+backward is
   ``torch.autograd.grad`` of x and the parameters (no ``.grad`` accumulation pass);
 - compile time is the first call of the compiled module, timed and reported apart (dynamo's caches are
-  reset before each compiled variant, so every one compiles and none hits the recompile limit);
+  reset before each cell of the layer benchmark and each compiled model variant; a cell's compiled
+  layers share one cache, whose recompile limit is raised for them and made an error when hit, so no
+  layer falls back to eager unseen);
 - every figure is compared only within one run on one device: ``time_vs_layernorm`` against LayerNorm
   in the same implementation (its eager kernel for ``fused``), ``vs_layernorm_best`` against LayerNorm's
   fastest implementation at the same width, dtype and mode;
@@ -34,8 +39,9 @@ from __future__ import annotations
 
 import copy
 import math
+import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -79,7 +85,7 @@ class SpeedSettings:
     compile: bool = True
     impls: list[str] = field(default_factory=lambda: ["eager", "compiled"])
     profile_steps: int = 1  # profiled training steps per model row, for the norm share (0: no profile)
-    min_run_time: float = 0.3  # seconds per measurement (blocked_autorange)
+    min_run_time: float = 0.3  # seconds of calls per timed variant, in ROUNDS blocks
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -98,17 +104,48 @@ def gpu_peaks(device: str) -> tuple[float, float] | None:
     return next((v for k, v in GPU_PEAKS.items() if k in name), None)
 
 
-def measure(fn: Callable[[], Any], min_run_time: float) -> tuple[float, float]:
-    """(median, interquartile range) in seconds of one call of ``fn``, with all of torch's intra-op threads
-    (``torch.utils.benchmark.Timer`` defaults to one thread: single-threaded figures, and a recompile of
-    every compiled kernel, whose thread count is part of its guards)."""
-    # Imported here: torch.utils.benchmark imports torch.utils.cpp_extension, which logs a
-    # "No CUDA runtime" warning on CPU hosts at import time, before the CLI can silence it.
-    from torch.utils.benchmark import Timer
+ROUNDS = 15  # blocks per timed variant: its median and interquartile range are over these
+# A cell's compiled layers all go through nn.Module._call_impl, one dynamo cache: room for every layer of
+# a cell, and an error rather than a silent fallback to eager if that is ever not enough.
+CELL_DYNAMO_LIMITS = {"recompile_limit": 64, "fail_on_recompile_limit_hit": True}
 
-    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-    m = timer.blocked_autorange(min_run_time=min_run_time)
-    return m.median, m.iqr
+
+def _time_block(fn: Callable[[], Any], number: int) -> float:
+    """Seconds per call of ``fn`` over ``number`` calls in a row, the device synchronised around them."""
+    _sync()
+    t0 = time.perf_counter()
+    for _ in range(number):
+        fn()
+    _sync()
+    return (time.perf_counter() - t0) / number
+
+
+def measure_interleaved(fns: Mapping[Hashable, Callable[[], Any]], min_run_time: float
+                        ) -> dict[Hashable, tuple[float, float]]:
+    """(median, interquartile range) in seconds of one call of each of ``fns``, with torch's intra-op threads
+    as set. Each function's block is sized to ``min_run_time / ROUNDS`` seconds from its fastest of three
+    single calls (after one warm-up call); then ``ROUNDS`` rounds each time one block of every function in
+    turn, so all of them are sampled across the same stretch of time."""
+    block_s = min_run_time / ROUNDS
+    numbers = {}
+    for key, fn in fns.items():
+        fn()
+        one = min(_time_block(fn, 1) for _ in range(3))
+        numbers[key] = max(1, math.ceil(block_s / max(one, 1e-9)))
+    times: dict[Hashable, list[float]] = {key: [] for key in fns}
+    for _ in range(ROUNDS):
+        for key, fn in fns.items():
+            times[key].append(_time_block(fn, numbers[key]))
+    out = {}
+    for key, ts in times.items():
+        q1, median, q3 = statistics.quantiles(ts, n=4, method="inclusive")
+        out[key] = (median, q3 - q1)
+    return out
+
+
+def measure(fn: Callable[[], Any], min_run_time: float) -> tuple[float, float]:
+    """(median, interquartile range) in seconds of one call of ``fn``: ``measure_interleaved`` of it alone."""
+    return measure_interleaved({"fn": fn}, min_run_time)["fn"]
 
 
 def _sync() -> None:
@@ -124,12 +161,6 @@ def _first_call(example: Callable[[], Any], compiling: bool) -> float:
     example()
     _sync()
     return time.perf_counter() - t0
-
-
-def copy_floor(x: torch.Tensor, min_run_time: float) -> float:
-    """Median seconds of a copy of ``x`` into a preallocated tensor: 2 N elements moved, the floor's unit."""
-    src, dst = x.detach(), torch.empty_like(x, requires_grad=False)
-    return measure(partial(dst.copy_, src), min_run_time)[0]
 
 
 def min_bytes(mode: str, x: torch.Tensor) -> int:
@@ -173,39 +204,40 @@ def layer_rows(s: SpeedSettings) -> list[dict[str, Any]]:
     peaks = gpu_peaks(s.device)
     for width in s.widths:
         config = ModelConfig(d_model=width, n_heads=max(1, width // 64), n_layers=4)
-        floors: dict[str, float] = {}  # dtype -> seconds of a copy of x, measured once per width and dtype
-        for name in s.baselines:
-            module = get_baseline(name)(config).norm(width, "attn", 0, config.n_layers)
-            if isinstance(module, nn.Identity):
-                continue  # no norm at this site (the scheme's cost is in its residual: see the model rows)
-            for dtype_name in s.dtypes:
-                dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float32
-                x = torch.randn(s.tokens, width, device=dev, dtype=dtype, requires_grad=True)
-                dy = torch.randn_like(x)
-                amp = dtype != torch.float32
-                if dtype_name not in floors:
-                    floors[dtype_name] = copy_floor(x, s.min_run_time)
-                copy_s = floors[dtype_name]
-                for impl in layer_impls(module, s):
-                    if impl == "compiled":
-                        torch._dynamo.reset()
-                    layer = implement(copy.deepcopy(module).to(dev), impl, f"baseline '{name}'")
-                    compile_s = _first_call(partial(norm_forward_backward, layer, x, dy, dev.type, amp),
-                                            impl != "eager")
-                    for mode, fn in (("fwd", partial(norm_forward, layer, x, dev.type, amp)),
-                                     ("fwd+bwd", partial(norm_forward_backward, layer, x, dy, dev.type, amp))):
-                        median, iqr = measure(fn, s.min_run_time)
-                        nbytes = min_bytes(mode, x)
-                        floor_s = copy_s * nbytes / (2 * x.numel() * x.element_size())
-                        row = {"bench": "layer", "baseline": name, "width": width, "tokens": s.tokens,
-                               "dtype": dtype_name, "impl": impl, "compiled": impl == "compiled", "mode": mode,
-                               "time_ms": median * 1e3, "iqr_ms": iqr * 1e3, "copy_ms": copy_s * 1e3,
-                               "min_bytes": nbytes, "floor_ms": floor_s * 1e3, "vs_floor": median / floor_s,
-                               "gb_per_s": nbytes / median / 1e9, "compile_s": compile_s}
-                        if peaks:
-                            row["pct_peak_bw"] = 100 * nbytes / median / peaks[1]
-                        rows.append(row)
-    return rows
+        modules = {name: get_baseline(name)(config).norm(width, "attn", 0, config.n_layers) for name in s.baselines}
+        # A scheme with no norm at this site has its cost in its residual: see the model rows.
+        modules = {name: m for name, m in modules.items() if not isinstance(m, nn.Identity)}
+        for dtype_name in s.dtypes:
+            dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float32
+            x = torch.randn(s.tokens, width, device=dev, dtype=dtype, requires_grad=True)
+            dy = torch.randn_like(x)
+            amp = dtype != torch.float32
+            # The floor's unit: a copy of x into a preallocated tensor, 2 N elements moved.
+            fns: dict[Hashable, Callable[[], Any]] = {"copy": partial(torch.empty_like(dy).copy_, dy)}
+            compile_s: dict[tuple[str, str], float] = {}
+            torch._dynamo.reset()
+            with torch._dynamo.config.patch(**CELL_DYNAMO_LIMITS):
+                for name, module in modules.items():
+                    for impl in layer_impls(module, s):
+                        layer = implement(copy.deepcopy(module).to(dev), impl, f"baseline '{name}'")
+                        fns[name, impl, "fwd"] = partial(norm_forward, layer, x, dev.type, amp)
+                        fns[name, impl, "fwd+bwd"] = partial(norm_forward_backward, layer, x, dy, dev.type, amp)
+                        compile_s[name, impl] = _first_call(fns[name, impl, "fwd+bwd"], impl != "eager")
+                timed = measure_interleaved(fns, s.min_run_time)
+            copy_s = timed.pop("copy")[0]
+            for (name, impl, mode), (median, iqr) in timed.items():
+                nbytes = min_bytes(mode, x)
+                floor_s = copy_s * nbytes / (2 * x.numel() * x.element_size())
+                row = {"bench": "layer", "baseline": name, "width": width, "tokens": s.tokens,
+                       "dtype": dtype_name, "impl": impl, "compiled": impl == "compiled", "mode": mode,
+                       "time_ms": median * 1e3, "iqr_ms": iqr * 1e3, "copy_ms": copy_s * 1e3,
+                       "min_bytes": nbytes, "floor_ms": floor_s * 1e3, "vs_floor": median / floor_s,
+                       "gb_per_s": nbytes / median / 1e9, "compile_s": compile_s[name, impl]}
+                if peaks:
+                    row["pct_peak_bw"] = 100 * nbytes / median / peaks[1]
+                rows.append(row)
+    order = {name: i for i, name in enumerate(s.baselines)}
+    return sorted(rows, key=lambda r: (r["width"], order[r["baseline"]], s.dtypes.index(r["dtype"])))
 
 
 def flops_per_token(model: nn.Module, config: ModelConfig) -> float:
