@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import subprocess
+import sys
 import time
 
 import pytest
@@ -64,6 +67,19 @@ def test_timings_are_medians_over_blocks_taken_in_turn_with_their_spread():
     assert 0.001 <= median < 0.002 and iqr < median
     median, iqr = timed["jumpy"]
     assert 0.0005 <= median <= 0.003 and iqr > 0
+
+
+def test_speed_does_not_print_the_profilers_log(tmp_path):
+    """The model rows profile a training step; torch's profiler library would log every start and stop (and,
+    without a GPU, an ERROR line) on stderr."""
+    env = {k: v for k, v in os.environ.items() if k != "KINETO_LOG_LEVEL"}
+    argv = ["speed", "--baselines", "layernorm", "--widths", "32", "--tokens", "64", "--no-compile",
+            "--min-run-time", "0.01", "--out", str(tmp_path / "s")]
+    done = subprocess.run([sys.executable, "-m", "normfree_bench", *argv], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "s" / "speed.json").read_text())["rows"][-1]["norm_share_pct"] > 0
+    assert "profiler_st" not in done.stderr and "ERROR" not in done.stderr, done.stderr
 
 
 def test_bandwidth_counts_bytes_moved():

@@ -29,6 +29,7 @@ import yaml
 from normfree_bench.cli import build_parser, main, overrides_of
 from normfree_bench.config import load_run_config
 from normfree_bench.config.suites import suite_path
+from normfree_bench.store.provenance import VECTOR_ISAS
 from normfree_bench.store.storage import resolve_storage
 from tests.conftest import private_cache, write_word_corpus
 
@@ -160,6 +161,8 @@ def test_smoke_provenance(smoke: dict[str, Any]) -> None:
                 "corpus_sha256", "corpus_source", "sweep_wall_s_this_invocation"):
         assert key in prov, key
     assert prov["device"] in ("cpu", "cuda")
+    if Path("/proc/cpuinfo").exists():  # Linux: the CPU's vector width and caches, which CPU timings depend on
+        assert prov["cpu"]["vector_isa"] in VECTOR_ISAS and prov["cpu"]["caches"]["L1d"].endswith("K")
     assert re.fullmatch(r"[0-9a-f]{64}", prov["corpus_sha256"])
     assert "standard library" in prov["corpus_source"]
     assert prov["packages"]["torch"] and prov["packages"]["optuna"] and prov["packages"]["normfree-bench"]

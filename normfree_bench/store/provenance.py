@@ -1,4 +1,4 @@
-"""Provenance of a run: package versions, git SHA, device and corpus fingerprint.
+"""Provenance of a run: package versions, git SHA, device (and the CPU's vector width and caches), corpus fingerprint.
 
 Usage: ``write_json(run_dir / "provenance.json", collect_provenance(device="cpu", corpus=corpus))``
 """
@@ -44,6 +44,32 @@ def device_name(device: str) -> str:
     return platform.processor() or platform.machine()
 
 
+VECTOR_ISAS = ("avx512f", "avx2", "avx", "sse2", "sve", "asimd")  # widest first: x86, then Arm
+
+
+def cpu_summary() -> dict[str, Any]:
+    """What a CPU timing depends on beyond the model name (one "AMD EPYC" may be a Zen 1 with AVX2 and an 8 MiB
+    L3, or a Zen 4 with AVX-512 and 32 MiB): the widest vector instruction set among ``VECTOR_ISAS`` and the
+    cache sizes per level, from Linux's /proc/cpuinfo and /sys; empty where those are not there."""
+    out: dict[str, Any] = {}
+    try:
+        flags = next((ln.split(":", 1)[1].split() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                      if ln.split(":")[0].strip() in ("flags", "Features")), [])
+        out["vector_isa"] = next((isa for isa in VECTOR_ISAS if isa in flags), None)
+    except OSError:
+        pass
+    caches = {}
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level, kind, size = ((index / f).read_text().strip() for f in ("level", "type", "size"))
+        except OSError:
+            continue
+        caches[f"L{level}" + {"Data": "d", "Instruction": "i"}.get(kind, "")] = size
+    if caches:
+        out["caches"] = caches
+    return out
+
+
 def package_versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for name in PACKAGES:
@@ -64,6 +90,7 @@ def collect_provenance(device: str, corpus_sha256: str, corpus_source: str) -> d
         "git_sha": git_sha(),
         "device": device,
         "device_name": device_name(device),
+        "cpu": cpu_summary(),
         "torch_threads": torch.get_num_threads(),
         "corpus_sha256": corpus_sha256,
         "corpus_source": corpus_source,
