@@ -12,7 +12,10 @@ package, or a plugin, does not import timm's ViT.
 
 from typing import Any
 
-from normfree_bench import _legacy
+from normfree_bench import (
+    _env,  # noqa: F401  (first: it sets environment torch reads when it loads)
+    _legacy,
+)
 from normfree_bench.config import ModelConfig
 from normfree_bench.core.baseline import Baseline, ModelView
 from normfree_bench.core.registry import get_baseline, list_baselines, load_plugin, register_baseline

@@ -27,7 +27,6 @@ norm modules is in neither sum, so the share is of the time spent in ops, not of
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -40,9 +39,6 @@ from torch.profiler import ProfilerActivity, profile, record_function
 # about a scheduler time slice (24 ms, even a 32 x 32 matmul) on the 2-core reference machine while another
 # process ran, which swamps the figure. Both the norms and the rest of the step are then single-threaded.
 PROFILE_CPU_THREADS = 1
-# torch's profiler library (kineto) logs a line on stderr at every profile's start and stop, and on a machine
-# without a GPU an ERROR that it found none; at level 5 it logs nothing. Set only where the user has not.
-KINETO_LOG_LEVEL = "5"
 LABEL = "norm_site"
 BACKWARD = "autograd::engine::evaluate_function: "
 
@@ -114,7 +110,6 @@ def norm_share(model: nn.Module, step: Callable[[], Any], steps: int = 1) -> dic
     """Profile ``steps`` calls of ``step`` (one training step of ``model``) and attribute its time to the
     norm sites: ``{"norm_ms", "total_ms", "norm_share_pct"}`` per step."""
     cuda = any(p.is_cuda for p in model.parameters())
-    os.environ.setdefault("KINETO_LOG_LEVEL", KINETO_LOG_LEVEL)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with labelled_norms(model), cpu_threads(None if cuda else PROFILE_CPU_THREADS):
         step()  # a warm call with the wrappers in place
