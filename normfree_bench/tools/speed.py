@@ -32,13 +32,18 @@ sizes, with ``model.norm_impl`` eager, compiled and fused, and the whole model u
   CPU kernel keeps tanh for the backward on small tensors, 7 N in all); ``copy_ms`` is the time of a
   same-size tensor copy (``dst.copy_(x)``: 2 N elements) measured in the same run, ``floor_ms`` that
   copy's time scaled to ``min_bytes``, ``vs_floor = time_ms / floor_ms`` (1 = as fast as a copy);
-- bandwidth = ``min_bytes`` / time, and % of peak bandwidth on known GPUs.
+- bandwidth = ``min_bytes`` / time, and % of peak bandwidth on known GPUs;
+- with glibc, freed memory stays in the process for the whole run (`pin_allocator`, recorded in speed.json
+  as ``allocator``): with its defaults a layer holding two large outputs at once paid the OS's page faults
+  on every call, which a training process does not.
 """
 
 from __future__ import annotations
 
 import copy
+import ctypes
 import math
+import platform
 import statistics
 import time
 from collections.abc import Callable, Hashable, Mapping
@@ -108,6 +113,28 @@ ROUNDS = 15  # blocks per timed variant: its median and interquartile range are 
 # A cell's compiled layers all go through nn.Module._call_impl, one dynamo cache: room for every layer of
 # a cell, and an error rather than a silent fallback to eager if that is ever not enough.
 CELL_DYNAMO_LIMITS = {"recompile_limit": 64, "fail_on_recompile_limit_hit": True}
+
+
+# glibc's malloc (mallopt parameters, <malloc.h>): never hand freed heap memory back to the OS, and serve
+# allocations up to 32 MiB (its largest mmap threshold) from the heap.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+PINNED_MALLOC = {M_TRIM_THRESHOLD: 2**30, M_MMAP_THRESHOLD: 32 * 2**20}  # C ints
+
+
+def pin_allocator() -> str:
+    """Keep freed memory in the process for the rest of it, so that timings measure the layers and not the
+    kernel zeroing fresh pages. With glibc's defaults, a call that holds two 4 MiB outputs at once (the fused
+    DyT forward's y and kept tanh at 4096 x 256) returns them to the OS when they are freed (the heap's free
+    top passes the trim threshold) and takes page faults for all of them on the next call: about 2,000
+    faults and 3.1 against 0.8 ms per call for two 4 MiB clones on the 2-core AVX2 reference machine, which
+    a training process, holding many tensors, does not pay. Done once, before anything is timed, for every
+    row alike; what it did is returned for speed.json (``allocator``)."""
+    if platform.libc_ver()[0] != "glibc":
+        return f"unchanged ({platform.libc_ver()[0] or 'not'} glibc: no mallopt)"
+    mallopt = ctypes.CDLL(None).mallopt
+    if not all(mallopt(param, value) == 1 for param, value in PINNED_MALLOC.items()):
+        return "unchanged (mallopt refused the thresholds)"
+    return "glibc malloc: trim threshold 1 GiB, mmap threshold 32 MiB (freed memory stays in the process)"
 
 
 def _time_block(fn: Callable[[], Any], number: int) -> float:
@@ -393,10 +420,11 @@ def plot_speed(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def run_speed(settings: SpeedSettings, out_dir: Path) -> list[dict[str, Any]]:
+    allocator = pin_allocator()
     rows = layer_rows(settings) + model_rows(settings)
     add_ratios(rows)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "speed.json", {"settings": asdict(settings), "rows": rows,
+    write_json(out_dir / "speed.json", {"settings": asdict(settings), "allocator": allocator, "rows": rows,
                                         "provenance": collect_provenance(settings.device, "", "")})
     columns = list(dict.fromkeys(k for r in rows for k in r))
     write_csv(out_dir / "speed.csv", rows, columns)
