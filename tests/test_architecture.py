@@ -10,8 +10,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "normfree_bench"
 # The data flow, from the command line's inputs to the report; a stage imports only itself and earlier ones.
-STAGES = ("_env", "errors", "io", "_legacy", "config", "core", "models", "__init__", "data", "training", "store", "sweep",
-          "tables", "analysis", "report", "tools", "cli", "__main__")
+STAGES = ("_env", "errors", "io", "_legacy", "config", "core", "models", "__init__", "data", "training", "store",
+          "sweep", "tables", "analysis", "report", "tools", "cli", "__main__")
 RANK = {"_env": 0, "errors": 0, "io": 0, "_legacy": 0, **{s: i for i, s in enumerate(STAGES) if i > 3}}
 
 
