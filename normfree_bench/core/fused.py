@@ -186,19 +186,24 @@ CPU_KERNEL_SOURCE = Path(__file__).with_name("fused_cpu.cpp")
 CPU_KERNEL_FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp"]
 
 
-def cpu_build_tag(cpuinfo: str | None = None) -> str:
-    """8 hex digits naming this CPU's instruction sets: the kernel's build folder and module are named with it,
-    because ``-march=native`` builds for the host and torch's build cache does not know the host (a home
-    folder shared by machines with different CPUs, as on a cluster sharing one study, would otherwise run
-    an AVX-512 build on a CPU without AVX-512). From the ``flags`` (x86) or ``Features`` (Arm) line of
-    ``cpuinfo`` (default: /proc/cpuinfo), else the platform's processor name."""
+def cpu_features(cpuinfo: str | None = None) -> list[str]:
+    """The CPU's instruction-set flags: the ``flags`` (x86) or ``Features`` (Arm) line of ``cpuinfo`` (default:
+    /proc/cpuinfo); empty where there is none."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
         except OSError:
-            cpuinfo = ""
+            return []
     line = next((ln for ln in cpuinfo.splitlines() if ln.split(":")[0].strip() in ("flags", "Features")), None)
-    features = " ".join(sorted(line.split(":", 1)[1].split())) if line else platform.processor()
+    return line.split(":", 1)[1].split() if line else []
+
+
+def cpu_build_tag(cpuinfo: str | None = None) -> str:
+    """8 hex digits naming this CPU's instruction sets: the kernel's build folder and module are named with it,
+    because ``-march=native`` builds for the host and torch's build cache does not know the host (a home
+    folder shared by machines with different CPUs, as on a cluster sharing one study, would otherwise run
+    an AVX-512 build on a CPU without AVX-512). From `cpu_features`, else the platform's processor name."""
+    features = " ".join(sorted(cpu_features(cpuinfo))) or platform.processor()
     return hashlib.sha256(f"{platform.machine()} {features}".encode()).hexdigest()[:8]
 
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from normfree_bench.core.fused import cpu_features
+
 PACKAGES = ("normfree-bench", "torch", "lightning", "torchmetrics", "optuna", "timm", "numpy", "scipy", "tabulate")
 
 
@@ -52,12 +54,9 @@ def cpu_summary() -> dict[str, Any]:
     L3, or a Zen 4 with AVX-512 and 32 MiB): the widest vector instruction set among ``VECTOR_ISAS`` and the
     cache sizes per level, from Linux's /proc/cpuinfo and /sys; empty where those are not there."""
     out: dict[str, Any] = {}
-    try:
-        flags = next((ln.split(":", 1)[1].split() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                      if ln.split(":")[0].strip() in ("flags", "Features")), [])
+    flags = cpu_features()
+    if flags:
         out["vector_isa"] = next((isa for isa in VECTOR_ISAS if isa in flags), None)
-    except OSError:
-        pass
     caches = {}
     for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
         try:
